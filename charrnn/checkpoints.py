@@ -1,0 +1,90 @@
+"""Finding and safely loading checkpoints (no Lightning import: generate.py starts fast)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from charrnn.errors import CharRNNError
+
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.ckpt"
+BEST = "best.ckpt"
+
+
+def run_folder_of(path: str | Path | None) -> Path | None:
+    """The run folder a checkpoint (or run folder) belongs to, or None if it is neither."""
+    if path is None:
+        return None
+    path = Path(path).expanduser()
+    if path.is_dir() and (path / CHECKPOINT_DIR).is_dir():
+        return path
+    if path.is_file() and path.parent.name == CHECKPOINT_DIR:
+        return path.parent.parent
+    return None
+
+
+def resolve_checkpoint(path: str | Path, which: str, key: str = "ckpt_path") -> Path:
+    """A checkpoint file, or a run folder's `last.ckpt` (which="last") or best one ("best")."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        folder = path / CHECKPOINT_DIR
+        candidate = folder / (LAST if which == "last" else BEST)
+        if not candidate.is_file():
+            raise CharRNNError(
+                f"{key}={path} is a folder without a {which} checkpoint (looked for {candidate}). "
+                "Set it to a run folder under outputs/ or to a .ckpt file."
+            )
+        return candidate
+    if not path.is_file():
+        raise CharRNNError(
+            f"{key}={path} does not exist. Set {key} to a .ckpt file or to a run folder under "
+            "outputs/ (e.g. outputs/2026-01-01/12-00-00)."
+        )
+    return path
+
+
+def load_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
+    """Load a charrnn checkpoint on the CPU with `weights_only=True`.
+
+    Files that are not checkpoints, truncated files and pickles that would run code all end in
+    a CharRNNError; nothing in the file is ever executed.
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CharRNNError(
+            f"{key}={path} is not a loadable charrnn checkpoint ({reason}). It may be truncated, "
+            "not a checkpoint at all, or contain objects that are refused for safety. Set "
+            f"{key} to a .ckpt file written by train.py (e.g. <run folder>/checkpoints/last.ckpt)."
+        ) from None
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not isinstance(hparams, dict) or "vocab" not in hparams or "state_dict" not in ckpt:
+        raise CharRNNError(
+            f"{key}={path} is a PyTorch file but not a charrnn checkpoint (no vocabulary or "
+            "weights in it). Set it to a .ckpt file written by train.py."
+        )
+    return ckpt
+
+
+def register_resolvers() -> None:
+    """Resolvers used by conf/train.yaml's hydra section.
+
+    A resumed run writes into its own run folder, and keeps the original run's .hydra/ (its
+    overrides are what resuming it again needs).
+    """
+    OmegaConf.register_new_resolver(
+        "charrnn_run_dir", lambda ckpt, default: str(run_folder_of(ckpt) or default), replace=True
+    )
+    OmegaConf.register_new_resolver(
+        "charrnn_hydra_subdir",
+        lambda ckpt: (
+            f".hydra/resume-{datetime.now():%Y%m%d-%H%M%S}" if run_folder_of(ckpt) else ".hydra"
+        ),
+        replace=True,
+    )

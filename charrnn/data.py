@@ -1,0 +1,211 @@
+"""Corpus, vocabulary, the contiguous train/val/test split and the DataModule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from charrnn.errors import CharRNNError
+from charrnn.vocab import CharVocab, read_text
+
+TINYSHAKESPEARE_URL = (
+    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+)
+TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+IGNORE_INDEX = -100  # target value of padding in evaluation windows (F.cross_entropy's default)
+
+
+def tinyshakespeare_path(cache_dir: str | Path) -> Path:
+    return Path(cache_dir).expanduser() / "tinyshakespeare.txt"
+
+
+def download_tinyshakespeare(cache_dir: str | Path) -> Path:
+    """Download Tiny Shakespeare into `cache_dir` once, checking its SHA-256.
+
+    torch.hub writes to a temporary file and moves it into place only after the hash matched,
+    so an interrupted download never looks complete.
+    """
+    dest = tinyshakespeare_path(cache_dir)
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(
+            TINYSHAKESPEARE_URL, str(dest), hash_prefix=TINYSHAKESPEARE_SHA256, progress=True
+        )
+    except Exception as err:  # URLError, RuntimeError(hash mismatch), OSError ...
+        raise CharRNNError(
+            f"could not download Tiny Shakespeare from {TINYSHAKESPEARE_URL} into {dest}: {err}. "
+            "Download it by hand and set data.path to the file, or set data.cache_dir to a "
+            "folder that already holds tinyshakespeare.txt."
+        ) from None
+    return dest
+
+
+def split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
+    """Character counts of the contiguous (train, val, test) split, train first."""
+    n_val = int(n * val_fraction)
+    n_test = int(n * test_fraction)
+    return n - n_val - n_test, n_val, n_test
+
+
+class TrainWindows(Dataset):
+    """Non-overlapping windows: `seq_length` inputs and the same characters shifted by one."""
+
+    def __init__(self, data: torch.Tensor, seq_length: int) -> None:
+        self.data = data
+        self.seq_length = seq_length
+
+    def __len__(self) -> int:
+        return (len(self.data) - 1) // self.seq_length
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        start = i * self.seq_length
+        chunk = self.data[start : start + self.seq_length + 1].long()
+        return chunk[:-1], chunk[1:]
+
+
+class EvalWindows(Dataset):
+    """Windows whose targets cover every character of `data[start:end]` exactly once.
+
+    The input of the split's first character is the character just before the split; the last
+    window is padded with IGNORE_INDEX targets so all windows have `seq_length` steps.
+    """
+
+    def __init__(self, data: torch.Tensor, start: int, end: int, seq_length: int) -> None:
+        assert start >= 1 and end > start
+        n = end - start
+        n_windows = -(-n // seq_length)
+        self.inputs = torch.zeros(n_windows * seq_length, dtype=torch.long)
+        self.targets = torch.full((n_windows * seq_length,), IGNORE_INDEX, dtype=torch.long)
+        self.inputs[:n] = data[start - 1 : end - 1]
+        self.targets[:n] = data[start:end]
+        self.inputs = self.inputs.view(n_windows, seq_length)
+        self.targets = self.targets.view(n_windows, seq_length)
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inputs[i], self.targets[i]
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A permutation drawn from (seed, epoch) alone, so a resumed run sees the same batches.
+
+    Lightning calls `set_epoch` at the start of every training epoch.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+
+def _check_positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise CharRNNError(
+            f"{name} must be a positive integer, got {value!r}. Set it on the command line "
+            f"(e.g. `{name}=64`) or in conf/data/."
+        )
+
+
+class CharDataModule(L.LightningDataModule):
+    """Owns the corpus, its vocabulary and the contiguous train/val/test split."""
+
+    def __init__(
+        self,
+        path: str | None = None,
+        cache_dir: str = "~/.cache/charrnn",
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        seq_length: int = 100,
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("data.seq_length", seq_length),
+            ("data.batch_size", batch_size),
+            ("data.eval_batch_size", eval_batch_size),
+        ):
+            _check_positive(name, value)
+        fractions = (("data.val_fraction", val_fraction), ("data.test_fraction", test_fraction))
+        for name, value in fractions:
+            if not 0 < value < 1:
+                raise CharRNNError(
+                    f"{name} must lie strictly between 0 and 1, got {value!r}. Set it in "
+                    "conf/data/ or on the command line (default 0.1)."
+                )
+        if val_fraction + test_fraction >= 1:
+            raise CharRNNError(
+                f"data.val_fraction ({val_fraction}) + data.test_fraction ({test_fraction}) leave "
+                "no training data: their sum must be below 1 (the default is 0.1 + 0.1)."
+            )
+        self.path = path
+        self.cache_dir = cache_dir
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.seq_length = seq_length
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.seed = seed
+        self.vocab: CharVocab | None = None
+        self.data: torch.Tensor | None = None
+
+    @property
+    def corpus_path(self) -> Path:
+        if self.path is not None:
+            return Path(self.path).expanduser()
+        return tinyshakespeare_path(self.cache_dir)
+
+    def prepare_data(self) -> None:
+        if self.path is None:
+            download_tinyshakespeare(self.cache_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.data is not None:  # idempotent: train.py sets up early to learn the vocabulary
+            return
+        text = read_text(self.corpus_path)
+        vocab = CharVocab.from_text(text)
+        data = vocab.encode(text)
+        del text
+        n_train, n_val, n_test = split_sizes(len(data), self.val_fraction, self.test_fraction)
+        if n_train < self.seq_length + 1 or n_val < 1 or n_test < 1:
+            raise CharRNNError(
+                f"corpus {self.corpus_path} is too short: {len(data)} characters split "
+                f"{n_train}/{n_val}/{n_test} (train/val/test), but training needs at least "
+                f"data.seq_length + 1 = {self.seq_length + 1} characters and validation and test "
+                "at least 1 each. Use a longer text (data.path) or a smaller data.seq_length."
+            )
+        self.vocab, self.data = vocab, data
+        self.n_train, self.n_val, self.n_test = n_train, n_val, n_test
+
+    def train_dataloader(self) -> DataLoader:
+        windows = TrainWindows(self.data[: self.n_train], self.seq_length)
+        sampler = EpochShuffleSampler(len(windows), self.seed)
+        return DataLoader(windows, batch_size=self.batch_size, sampler=sampler)
+
+    def _eval_loader(self, start: int, end: int) -> DataLoader:
+        windows = EvalWindows(self.data, start, end, self.seq_length)
+        return DataLoader(windows, batch_size=self.eval_batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.n_train, self.n_train + self.n_val)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.n_train + self.n_val, len(self.data))

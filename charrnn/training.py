@@ -1,0 +1,141 @@
+"""`train(cfg) -> metrics`: build data, model, callbacks and trainer from the config, fit, test."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from charrnn.callbacks import ProgressLines, SampleText, SpeedMonitor
+from charrnn.checkpoints import (
+    CHECKPOINT_DIR,
+    LAST,
+    load_checkpoint,
+    resolve_checkpoint,
+)
+from charrnn.data import CharDataModule
+from charrnn.errors import CharRNNError
+from charrnn.module import CharRNNModule
+
+METRICS_FILE = "metrics.json"
+
+# Noise that tells a user nothing actionable: the corpus is an in-memory tensor (workers would
+# only add start-up cost), a deprecation inside Lightning, and an advertisement.
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+# Only a resume reaches a non-empty checkpoints/ (a new run refuses one): that is expected there.
+warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+    lambda record: "litlogger" not in record.getMessage()
+)
+
+
+def _check_resumable(ckpt: dict[str, Any], path: Path, dm: CharDataModule, model_cfg: dict) -> None:
+    hparams = ckpt["hyper_parameters"]
+    if hparams["vocab"] != dm.vocab.chars:
+        old, new = set(hparams["vocab"]), set(dm.vocab.chars)
+        raise CharRNNError(
+            f"checkpoint {path} was trained on a corpus with another vocabulary "
+            f"({len(old)} characters) than {dm.corpus_path} ({len(new)} characters; "
+            f"only in the checkpoint: {''.join(sorted(old - new))!r}, only in the corpus: "
+            f"{''.join(sorted(new - old))!r}). Resume with the data.path of the original run."
+        )
+    if hparams.get("model") != model_cfg:
+        diff = {k: (hparams["model"].get(k), v) for k, v in model_cfg.items()
+                if hparams["model"].get(k) != v}
+        raise CharRNNError(
+            f"checkpoint {path} holds a model built with other settings: "
+            + ", ".join(f"model.{k}={old!r} (config says {new!r})"
+                        for k, (old, new) in diff.items())
+            + ". Resume with the same model.* settings as the original run."
+        )
+
+
+def _best_epoch(path: str) -> int | None:
+    if not path:
+        return None
+    return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"]) + 1
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train (or resume) one run in `cfg.run_dir`; test its best checkpoint; write metrics.json."""
+    start = time.perf_counter()
+    run_dir = Path(cfg.run_dir)
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    dm = CharDataModule(**cfg.data)
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    resume = None
+    if cfg.ckpt_path is not None:
+        resume = resolve_checkpoint(cfg.ckpt_path, "last")
+        ckpt = load_checkpoint(resume)
+    elif any(ckpt_dir.glob("*.ckpt")):
+        raise CharRNNError(
+            f"run folder {run_dir} already holds checkpoints: refusing to overwrite them. "
+            f"To continue that run use ckpt_path={run_dir}; for a new run choose another folder."
+        )
+    dm.prepare_data()
+    dm.setup()
+    if resume is not None:
+        _check_resumable(ckpt, resume, dm, model_cfg)
+    samples = SampleText(**cfg.samples)
+    samples.check(dm.vocab)
+    module = CharRNNModule(vocab=dm.vocab.chars, model=model_cfg, **cfg.module)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # .hydra/config.yaml keeps ${hydra:...} unresolved; this copy can be read back anywhere.
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    checkpoint = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="best",
+        monitor="val/loss", mode="min", save_top_k=1, save_last=True,
+    )
+    early_stopping = EarlyStopping(monitor="val/loss", mode="min", **cfg.early_stopping)
+    speed = SpeedMonitor()
+    # name="" and version="": event files go straight into the run folder, and a resumed run
+    # appends to the same folder instead of starting version_1.
+    logger = TensorBoardLogger(save_dir=run_dir, name="", version="", default_hp_metric=False)
+    trainer = L.Trainer(
+        **cfg.trainer, default_root_dir=run_dir, logger=logger,
+        callbacks=[ProgressLines(), speed, samples, early_stopping, checkpoint],
+    )
+    trainer.fit(module, datamodule=dm, ckpt_path=resume)
+    if trainer.interrupted:
+        raise KeyboardInterrupt
+    # Read the fit's outcome now: testing a checkpoint restores the callbacks' state from it.
+    early_stopped = early_stopping.stopped_epoch > 0
+    epochs_run = trainer.current_epoch
+    best = checkpoint.best_model_path or str(ckpt_dir / LAST)
+    (test,) = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
+
+    best_val = checkpoint.best_model_score
+    metrics = {
+        "best_val_loss": float(best_val) if best_val is not None else None,
+        "best_val_ppl": float(torch.exp(best_val)) if best_val is not None else None,
+        "test_loss": test["test/loss"],
+        "test_ppl": test["test/ppl"],
+        "best_epoch": _best_epoch(checkpoint.best_model_path),
+        "epochs_run": epochs_run,
+        "early_stopped": early_stopped,
+        "wall_time_s": round(time.perf_counter() - start, 1),
+        "train_chars_per_s": round(speed.chars_per_second),
+        "best_checkpoint": best,
+        "resumed_from": str(resume) if resume else None,
+    }
+    (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def is_fresh_failed_run(run_dir: Path) -> bool:
+    """True for a run folder holding only Hydra's config and log: nothing a user would miss."""
+    return run_dir.is_dir() and all(p.name in (".hydra", "train.log") for p in run_dir.iterdir())

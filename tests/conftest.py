@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny corpora in tmp_path and the real Hydra configs composed with overrides."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from charrnn.checkpoints import register_resolvers
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
+
+# Small enough that a few epochs take about a second on 2 CPU cores.
+TINY = [
+    "model.hidden_size=16",
+    "data.seq_length=16",
+    "data.batch_size=8",
+    "data.eval_batch_size=32",
+    "trainer.max_epochs=2",
+    "trainer.enable_model_summary=false",
+]
+
+
+def make_corpus(path: Path, n_words: int = 600, seed: int = 0) -> Path:
+    """A few thousand characters of pseudo-text, with non-ASCII characters in it."""
+    rng = random.Random(seed)
+    words = "to be or not that is the question whether tis nobler mind café naïve 日本".split()
+    lines = [" ".join(rng.choice(words) for _ in range(10)) for _ in range(n_words // 10)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    return make_corpus(tmp_path / "corpus.txt")
+
+
+def compose_train(overrides: list[str], config_name: str = "train") -> DictConfig:
+    register_resolvers()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides)
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path: Path, corpus: Path):
+    """Compose train.yaml for a tiny run in tmp_path; extra overrides are applied last."""
+
+    def make(*extra: str, run: str = "run") -> DictConfig:
+        return compose_train(
+            [f"data.path={corpus}", f"run_dir={tmp_path / run}", *TINY, *extra]
+        )
+
+    return make
+
+
+def run_script(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run train.py / generate.py the way a user does, from `cwd`."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args],
+        cwd=cwd, capture_output=True, text=True, timeout=300,
+    )

@@ -1,0 +1,117 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from charrnn.data import (
+    IGNORE_INDEX,
+    CharDataModule,
+    EpochShuffleSampler,
+    EvalWindows,
+    TrainWindows,
+    split_sizes,
+)
+from charrnn.errors import CharRNNError
+from charrnn.vocab import CharVocab, read_text
+
+
+def test_vocab_round_trip_non_ascii():
+    text = "Ünïcödé — 日本語 text, with emoji 🎭 and\nnewlines"
+    vocab = CharVocab.from_text(text)
+    assert vocab.chars == "".join(sorted(set(text)))
+    ids = vocab.encode(text)
+    assert ids.dtype == torch.uint8 and ids.ndim == 1 and len(ids) == len(text)
+    assert vocab.decode(ids) == text
+
+
+def test_vocab_dtype_is_smallest_that_fits():
+    assert CharVocab.from_text("abc").dtype == torch.uint8
+    wide = CharVocab.from_text("".join(chr(0x4E00 + i) for i in range(300)))
+    assert wide.dtype == torch.int16
+    assert wide.decode(wide.encode(wide.chars[::-1])) == wide.chars[::-1]
+
+
+def test_vocab_rejects_unknown_characters():
+    with pytest.raises(CharRNNError, match="'z'"):
+        CharVocab.from_text("abc").encode("abz")
+
+
+def test_split_sizes_add_up():
+    assert split_sizes(1_115_394, 0.1, 0.1) == (892_316, 111_539, 111_539)
+    assert sum(split_sizes(1003, 0.15, 0.05)) == 1003
+
+
+def test_split_is_contiguous_train_first(corpus):
+    dm = CharDataModule(path=str(corpus), seq_length=16)
+    dm.setup()
+    data = dm.vocab.encode(corpus.read_text(encoding="utf-8"))
+    assert torch.equal(dm.data, data)
+    windows = dm.train_dataloader().dataset
+    inputs = torch.cat([windows[i][0] for i in range(len(windows))])
+    assert len(inputs) + 1 <= dm.n_train  # the last target is still a training character
+    assert torch.equal(inputs, data[: len(inputs)].long())
+    val_targets = torch.cat([y[y != IGNORE_INDEX] for _, y in dm.val_dataloader()])
+    test_targets = torch.cat([y[y != IGNORE_INDEX] for _, y in dm.test_dataloader()])
+    assert torch.equal(val_targets, data[dm.n_train : dm.n_train + dm.n_val].long())
+    assert torch.equal(test_targets, data[dm.n_train + dm.n_val :].long())
+
+
+def test_train_windows_shift_by_one_and_do_not_overlap():
+    data = torch.arange(53, dtype=torch.uint8)
+    windows = TrainWindows(data, seq_length=10)
+    assert len(windows) == 5  # (53 - 1) // 10
+    for i in range(len(windows)):
+        x, y = windows[i]
+        assert x.dtype == torch.long
+        assert torch.equal(x, torch.arange(10 * i, 10 * i + 10))
+        assert torch.equal(y, x + 1)
+
+
+def test_eval_windows_cover_every_character_once():
+    data = torch.arange(100, dtype=torch.uint8)
+    windows = EvalWindows(data, start=40, end=65, seq_length=10)
+    x, y = windows.inputs.flatten(), windows.targets.flatten()
+    assert torch.equal(y[y != IGNORE_INDEX], torch.arange(40, 65))
+    assert torch.equal(x[:25], torch.arange(39, 64))  # each input is the previous character
+
+
+def test_shuffle_depends_on_seed_and_epoch_only():
+    a, b = EpochShuffleSampler(50, seed=1), EpochShuffleSampler(50, seed=1)
+    first = list(a)
+    assert first == list(b) and sorted(first) == list(range(50))
+    a.set_epoch(1)
+    assert list(a) != first
+    b.set_epoch(1)
+    assert list(a) == list(b)
+
+
+def test_missing_empty_and_non_utf8_files(tmp_path: Path):
+    with pytest.raises(CharRNNError, match="not found.*data.path"):
+        read_text(tmp_path / "nope.txt")
+    (tmp_path / "empty.txt").write_bytes(b"")
+    with pytest.raises(CharRNNError, match="empty"):
+        read_text(tmp_path / "empty.txt")
+    (tmp_path / "latin1.txt").write_bytes("line one\nna\xefve".encode("latin-1"))
+    with pytest.raises(CharRNNError, match=r"offset 11 \(line 2, column 3\)"):
+        read_text(tmp_path / "latin1.txt")
+
+
+def test_corpus_too_short_for_seq_length(tmp_path: Path):
+    (tmp_path / "short.txt").write_text("x" * 100)
+    dm = CharDataModule(path=str(tmp_path / "short.txt"), seq_length=100)
+    with pytest.raises(CharRNNError, match="too short.*seq_length"):
+        dm.setup()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"seq_length": 0}, "data.seq_length must be a positive integer"),
+        ({"batch_size": -1}, "data.batch_size must be a positive integer"),
+        ({"val_fraction": 0.5, "test_fraction": 0.5}, "leave no training data"),
+        ({"val_fraction": 1.2}, "data.val_fraction must lie strictly between 0 and 1"),
+    ],
+)
+def test_bad_data_settings(kwargs, message):
+    with pytest.raises(CharRNNError, match=message):
+        CharDataModule(path="unused.txt", **kwargs)

@@ -1,0 +1,149 @@
+"""End to end: the real configs, real training steps on tiny corpora, the real entry point."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from charrnn.errors import CharRNNError
+from charrnn.training import train
+from tests.conftest import TINY, make_corpus, run_script
+
+
+def scalars(run_dir: Path) -> dict[str, list[float]]:
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_default_config_is_the_seed_recipe():
+    from tests.conftest import compose_train
+
+    cfg = compose_train([])
+    assert cfg.model.cell == "rnn" and cfg.model.input == "onehot" and cfg.model.hidden_size == 512
+    assert cfg.data.seq_length == 100 and cfg.data.batch_size == 64
+    assert cfg.data.val_fraction == 0.1 and cfg.data.test_fraction == 0.1
+    assert cfg.module.lr == 1e-3 and cfg.early_stopping.patience == 5
+    assert cfg.trainer.gradient_clip_val == 5.0 and cfg.trainer.max_epochs == 50
+
+
+def test_run_writes_checkpoints_metrics_and_tensorboard(tiny_cfg, tmp_path):
+    metrics = train(tiny_cfg())
+    run = tmp_path / "run"
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
+    on_disk = json.loads((run / "metrics.json").read_text())
+    assert on_disk == metrics
+    assert metrics["epochs_run"] == 2 and metrics["early_stopped"] is False
+    assert metrics["best_epoch"] in (1, 2)
+    assert metrics["test_ppl"] == pytest.approx(torch.tensor(metrics["test_loss"]).exp().item())
+    assert metrics["train_chars_per_s"] > 0
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["vocab"] == "".join(
+        sorted(set((tmp_path / "corpus.txt").read_text(encoding="utf-8")))
+    )
+    logged = scalars(run)
+    steps = len(logged["train/loss"])
+    assert steps >= 2 and len(logged["train/grad_norm"]) == steps  # every step
+    assert len(logged["val/ppl"]) == 2 and len(logged["test/ppl"]) == 1
+    assert logged["test/ppl"][0] == pytest.approx(metrics["test_ppl"], rel=1e-5)
+    assert "train/chars_per_s" in logged
+    assert not list(run.glob("version_*")) and not list(run.glob("lightning_logs"))
+
+
+def test_early_stopping_fires(tiny_cfg):
+    # lr=0 never improves: patience 1 stops after the second validation.
+    metrics = train(tiny_cfg("module.lr=0.0", "early_stopping.patience=1", "trainer.max_epochs=10"))
+    assert metrics["early_stopped"] is True and metrics["epochs_run"] == 2
+
+
+def test_resume_matches_an_uninterrupted_run(tiny_cfg, tmp_path):
+    """Stopped after epoch 1 and resumed, a run ends with exactly the weights of one that never
+    stopped: the batch order depends only on (seed, epoch) and the model has no dropout, so
+    every operation is repeated in the same order on the same CPU."""
+    train(tiny_cfg("trainer.max_epochs=3", run="whole"))
+    train(tiny_cfg("trainer.max_epochs=1", run="split"))
+    last = tmp_path / "split" / "checkpoints" / "last.ckpt"
+    train(tiny_cfg("trainer.max_epochs=3", f"ckpt_path={last}", run="split"))
+
+    whole = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt", weights_only=True)
+    split = torch.load(last, weights_only=True)
+    assert split["epoch"] == whole["epoch"] and split["global_step"] == whole["global_step"]
+    for name, tensor in whole["state_dict"].items():
+        assert torch.equal(tensor, split["state_dict"][name]), name
+    adam_w, adam_s = whole["optimizer_states"][0]["state"], split["optimizer_states"][0]["state"]
+    for key in adam_w:
+        assert torch.equal(adam_w[key]["exp_avg_sq"], adam_s[key]["exp_avg_sq"])
+    early = [k for k in whole["callbacks"] if k.startswith("EarlyStopping")][0]
+    assert whole["callbacks"][early]["wait_count"] == split["callbacks"][early]["wait_count"]
+    # TensorBoard: one folder, val curve continues to 3 points.
+    assert len(scalars(tmp_path / "split")["val/loss"]) == 3
+
+
+def test_bad_checkpoints_and_vocab_mismatch(tiny_cfg, tmp_path):
+    with pytest.raises(CharRNNError, match="does not exist"):
+        train(tiny_cfg(f"ckpt_path={tmp_path / 'missing.ckpt'}"))
+    (tmp_path / "junk.ckpt").write_text("not a checkpoint")
+    with pytest.raises(CharRNNError, match="not a loadable charrnn checkpoint"):
+        train(tiny_cfg(f"ckpt_path={tmp_path / 'junk.ckpt'}"))
+    train(tiny_cfg("trainer.max_epochs=1"))
+    other = make_corpus(tmp_path / "other.txt", seed=1)
+    other.write_text(other.read_text(encoding="utf-8") + "XYZ", encoding="utf-8")
+    with pytest.raises(CharRNNError, match="another vocabulary.*only in the corpus: 'XYZ'"):
+        train(tiny_cfg(f"data.path={other}", f"ckpt_path={tmp_path / 'run'}"))
+    with pytest.raises(CharRNNError, match=r"model.hidden_size=16 \(config says 32\)"):
+        train(tiny_cfg("model.hidden_size=32", f"ckpt_path={tmp_path / 'run'}"))
+
+
+def test_new_run_refuses_a_folder_with_checkpoints(tiny_cfg, tmp_path):
+    train(tiny_cfg("trainer.max_epochs=1"))
+    before = (tmp_path / "run" / "checkpoints" / "last.ckpt").read_bytes()
+    with pytest.raises(CharRNNError, match="already holds checkpoints"):
+        train(tiny_cfg())
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").read_bytes() == before
+
+
+def test_cli_multirun_resume_shorthand_and_clean_root(corpus, tmp_path):
+    """train.py as a user runs it: a 2x2 sweep in outputs/multirun, then resume one job by its
+    folder; nothing appears in the working directory besides outputs/."""
+    tiny = [o for o in TINY if not o.startswith(("model.hidden_size", "data.seq_length"))]
+    result = run_script(
+        "train.py", "-m", f"data.path={corpus}", "model.hidden_size=8,16",
+        "data.seq_length=10,20", "trainer.max_epochs=1", *tiny, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p for p in (tmp_path / "outputs" / "multirun").glob("*/*/*") if p.is_dir())
+    assert len(jobs) == 4
+    assert all((job / "metrics.json").is_file() for job in jobs)
+    assert {p.name for p in tmp_path.iterdir()} == {"outputs", "corpus.txt"}
+
+    job = next(j for j in jobs if "hidden_size-8" in j.name and "seq_length-20" in j.name)
+    result = run_script("train.py", f"ckpt_path={job}", "trainer.max_epochs=2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((job / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 2 and metrics["resumed_from"].endswith("last.ckpt")
+    # The original overrides (hidden 8, seq 20) were re-applied: the checkpoint shape matched.
+    config = (job / "config.yaml").read_text()
+    assert "hidden_size: 8" in config and "seq_length: 20" in config
+    assert list((job / ".hydra").glob("resume-*/overrides.yaml"))
+    assert len(scalars(job)["val/loss"]) == 2
+    assert len(list((tmp_path / "outputs").iterdir())) == 1  # no new run folder for the resume
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.path=missing.txt"], "corpus file not found"),
+        (["model.cell=lstmm"], "unknown model.cell 'lstmm'"),
+        (["data.seq_length=0"], "data.seq_length must be a positive integer"),
+        (["ckpt_path=nowhere.ckpt"], "does not exist"),
+    ],
+)
+def test_cli_bad_input_exits_2_and_leaves_no_run_folder(corpus, tmp_path, overrides, message):
+    args = [f"data.path={corpus}", *TINY, *overrides]
+    result = run_script("train.py", *args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    outputs = tmp_path / "outputs"
+    assert not outputs.exists() or not [p for p in outputs.rglob("*") if p.is_file()]
