@@ -181,3 +181,35 @@ def test_generate_bad_input_exits_2(trained, tmp_path, args, message):
     result = run_script("generate.py", *ckpt, *args, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_fast_rnn_step_equals_the_model(num_layers):
+    from charrnn.sampling import _Stepper
+
+    model = CharRNN(7, hidden_size=8, num_layers=num_layers).eval()
+    step = _Stepper(model)
+    assert step.fast
+    x = torch.randint(0, 7, (3, 6))
+    expected, expected_state = model(x)
+    _, state = model(x[:, :1])
+    for t in range(1, 6):
+        logits, state = step(x[:, t], state)
+        torch.testing.assert_close(logits, expected[:, t])
+    torch.testing.assert_close(state, expected_state)
+
+
+def test_exponential_race_draws_with_the_given_probabilities():
+    from charrnn.sampling import draw
+
+    probs = torch.tensor([0.1, 0.6, 0.3]).expand(20000, 3)
+    counts = torch.bincount(draw(probs, torch.Generator().manual_seed(0)), minlength=3)
+    torch.testing.assert_close(counts / 20000, probs[0], atol=0.015, rtol=0)
+
+
+def test_benchmark_runs_end_to_end_tiny(tmp_path):
+    from charrnn.bench import main
+
+    results = main(["--tiny", "--only", "generate", "--json", str(tmp_path / "bench.json")])
+    assert results["generate_64_chars_per_s"] > 0 and results["first_char_over_import"] > 0
+    assert (tmp_path / "bench.json").is_file()

@@ -50,6 +50,14 @@ def test_run_writes_checkpoints_metrics_and_tensorboard(tiny_cfg, tmp_path):
     assert logged["test/ppl"][0] == pytest.approx(metrics["test_ppl"], rel=1e-5)
     assert "train/chars_per_s" in logged
     assert not list(run.glob("version_*")) and not list(run.glob("lightning_logs"))
+    # Samples at T = 0.5, 1.0, 1.5 after each validation, indented so line breaks survive.
+    acc = EventAccumulator(str(run), size_guidance={"tensors": 0})
+    acc.Reload()
+    for temperature in (0.5, 1.0, 1.5):
+        events = acc.Tensors(f"samples/T={temperature}/text_summary")
+        assert len(events) == 2
+        text = events[-1].tensor_proto.string_val[0].decode()
+        assert len(text) > 300 and all(line.startswith("    ") for line in text.split("\n"))
 
 
 def test_early_stopping_fires(tiny_cfg):
