@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from charrnn.checkpoints import register_resolvers, run_folder_of
 from charrnn.errors import CharRNNError
-from charrnn.training import is_fresh_failed_run, train
+from charrnn.training import record_failure, train
 
 register_resolvers()
 
@@ -39,16 +39,13 @@ def main(cfg: DictConfig) -> float | None:
             cfg.data.path = to_absolute_path(cfg.data.path)
         metrics = train(cfg)
     except CharRNNError as err:
-        if is_fresh_failed_run(run_dir):
-            import shutil
-
-            shutil.rmtree(run_dir)
+        record_failure(run_dir, err)
         print(f"\nerror: {err}", file=sys.stderr)
         sys.exit(2)
     print(
         f"\nrun folder: {run_dir}\n"
         f"best val ppl {metrics['best_val_ppl']:.4f} (epoch {metrics['best_epoch']}), "
-        f"test ppl {metrics['test_ppl']:.4f}, {metrics['epochs_run']} epochs"
+        f"test ppl {metrics['test_ppl']:.4f}, epochs run: {metrics['epochs_run']}"
         f"{' (early stopped)' if metrics['early_stopped'] else ''}, "
         f"{metrics['train_chars_per_s']:,} train char/s, {metrics['wall_time_s']:.0f} s"
     )

@@ -24,6 +24,7 @@ class CharRNNModule(L.LightningModule):
         self.save_hyperparameters()
         self.model = CharRNN(len(vocab), **model)
         self.lr = lr
+        self.last_grad_norm: torch.Tensor | None = None  # before clipping; read by callbacks
         # Token-weighted mean cross-entropy of the whole epoch: perplexity = exp(this), which is
         # not the mean of per-batch perplexities when batches hold different numbers of targets.
         self.mean_loss = torch.nn.ModuleDict({f"{stage}_loss": MeanMetric() for stage in STAGES})
@@ -81,6 +82,7 @@ class CharRNNModule(L.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
         else:
             norm = torch.nn.utils.clip_grad_norm_(params, gradient_clip_val or math.inf)
+        self.last_grad_norm = norm.detach()
         self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

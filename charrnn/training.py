@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -23,10 +24,12 @@ from charrnn.checkpoints import (
     resolve_checkpoint,
 )
 from charrnn.data import CharDataModule
+from charrnn.diagnostics import GradientMonitor, VanishingMonitor
 from charrnn.errors import CharRNNError
 from charrnn.module import CharRNNModule
 
 METRICS_FILE = "metrics.json"
+ERROR_FILE = "error.txt"
 
 # Noise that tells a user nothing actionable: the corpus is an in-memory tensor (workers would
 # only add start-up cost), a deprecation inside Lightning, and an advertisement.
@@ -99,15 +102,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir, filename="best",
         monitor="val/loss", mode="min", save_top_k=1, save_last=True,
+        # After every validation: Lightning's own guess skips it for val_check_interval=1.
+        save_on_train_epoch_end=False,
     )
-    early_stopping = EarlyStopping(monitor="val/loss", mode="min", **cfg.early_stopping)
+    early_stopping = EarlyStopping(
+        monitor="val/loss", mode="min", check_on_train_epoch_end=False, **cfg.early_stopping
+    )
     speed = SpeedMonitor()
     # name="" and version="": event files go straight into the run folder, and a resumed run
     # appends to the same folder instead of starting version_1.
     logger = TensorBoardLogger(save_dir=run_dir, name="", version="", default_hp_metric=False)
     trainer = L.Trainer(
         **cfg.trainer, default_root_dir=run_dir, logger=logger,
-        callbacks=[ProgressLines(), speed, samples, early_stopping, checkpoint],
+        callbacks=[
+            ProgressLines(), speed, samples, GradientMonitor(**cfg.gradients),
+            VanishingMonitor(**cfg.vanishing), early_stopping, checkpoint,
+        ],
     )
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
     if trainer.interrupted:
@@ -133,9 +143,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "resumed_from": str(resume) if resume else None,
     }
     (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    (run_dir / ERROR_FILE).unlink(missing_ok=True)  # left by an earlier failed attempt
     return metrics
 
 
-def is_fresh_failed_run(run_dir: Path) -> bool:
-    """True for a run folder holding only Hydra's config and log: nothing a user would miss."""
-    return run_dir.is_dir() and all(p.name in (".hydra", "train.log") for p in run_dir.iterdir())
+def record_failure(run_dir: Path, err: Exception) -> None:
+    """Leave no half-written run folder that looks like a result.
+
+    A folder holding only Hydra's config and log (the run failed before training) is removed;
+    otherwise the error goes to error.txt beside what the run had written, unless the folder
+    holds a finished run (a failed resume must not mark it as failed).
+    """
+    if not run_dir.is_dir() or (run_dir / METRICS_FILE).exists():
+        return
+    if all(p.name in (".hydra", "train.log") for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir)
+    else:
+        (run_dir / ERROR_FILE).write_text(f"{err}\n")

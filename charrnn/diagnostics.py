@@ -1,0 +1,159 @@
+"""Exploding and vanishing gradients, measured while training.
+
+- GradientMonitor: per epoch, the fraction of steps whose pre-clip gradient norm exceeded the
+  clipping threshold and a histogram of those norms; stops a diverging run with a clear message
+  before anything is saved from it.
+- VanishingMonitor: every N steps, ||dL_T / dh_{T-k}|| for k = 0 .. T-1 on a fixed validation
+  batch: how much the loss at the last step still depends on the state k steps earlier.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_only
+
+from charrnn.errors import CharRNNError
+from charrnn.model import CharRNN
+
+DISTANCES = (1, 10, 25, 50, 99)  # k logged as scalars (those below seq_length)
+
+
+class TrainingDiverged(CharRNNError):
+    """The training loss or gradient norm became non-finite or exploded."""
+
+
+def hidden_state_gradients(model: CharRNN, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """||dL_T / dh_{T-k}|| for k = 0 .. T-1, averaged over the batch (index k = distance).
+
+    L_T is each sequence's cross-entropy at its last step; h_t is the recurrent state after step t
+    (every layer; for an LSTM its h, not c). The model is run one step at a time so that each
+    state is a tensor autograd can differentiate against; parameters get no gradients.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            state, hs = None, []
+            for t in range(x.shape[1]):
+                _, state = model(x[:, t : t + 1], state)
+                hs.append(state[0] if isinstance(state, tuple) else state)  # (layers, B, H)
+            # The last output is the top layer of the last state: take it from there so that
+            # h_T itself is in the graph (k = 0).
+            logits_last = model.head(hs[-1][-1])  # (B, V)
+            loss_last = F.cross_entropy(logits_last.float(), y[:, -1], reduction="sum")
+            grads = torch.autograd.grad(loss_last, hs)
+    finally:
+        model.train(was_training)
+    # (T, B): norm over layers and units for each sequence, then the mean over the batch.
+    norms = torch.stack([g.transpose(0, 1).flatten(1).norm(dim=1) for g in grads])
+    return norms.mean(dim=1).flip(0)  # flip: index k = T-1-t
+
+
+def plot_distance_curves(curves: dict[str, torch.Tensor], title: str):
+    """A matplotlib figure of ||dL_T/dh_{T-k}|| against k, log scale, one line per curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    for label, curve in curves.items():
+        ax.semilogy(range(len(curve)), curve.clamp_min(1e-30).cpu().numpy(), label=label)
+    ax.set_xlabel("distance k (time steps back from the last)")
+    ax.set_ylabel("||dL_T / dh_{T-k}||")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    if len(curves) > 1:
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+class GradientMonitor(Callback):
+    """Clipped-step fraction and pre-clip norm histogram per epoch; stops a diverging run.
+
+    The run stops when the training loss or the gradient norm is not finite, or the loss
+    exceeds `max_loss_ratio` x ln(vocabulary size) (the loss of a uniform guess, which an
+    untrained model already scores). The exception is raised before the next validation, so no
+    checkpoint of the diverged weights is written and the last good one stays.
+    """
+
+    def __init__(self, max_loss_ratio: float = 3.0) -> None:
+        self.max_loss_ratio = max_loss_ratio
+        self._norms: list[float] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._norms = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = float(outputs["loss"])
+        norm = float(pl_module.last_grad_norm) if pl_module.last_grad_norm is not None else 0.0
+        self._norms.append(norm)
+        limit = self.max_loss_ratio * math.log(len(pl_module.hparams.vocab))
+        if math.isfinite(loss) and math.isfinite(norm) and loss <= limit:
+            return
+        clip = trainer.gradient_clip_val
+        advice = (
+            "Gradient clipping is off (trainer.gradient_clip_val=null): turn it on, e.g. "
+            "trainer.gradient_clip_val=5.0, or lower module.lr."
+            if not clip
+            else f"Lower module.lr or trainer.gradient_clip_val (now {clip})."
+        )
+        last = trainer.checkpoint_callback
+        kept = (
+            f" The last good checkpoint is kept: {last.last_model_path or last.best_model_path}."
+            if last is not None and (last.last_model_path or last.best_model_path)
+            else " No checkpoint had been written yet."
+        )
+        raise TrainingDiverged(
+            f"training diverged at step {trainer.global_step} (epoch {trainer.current_epoch + 1}):"
+            f" train loss {loss:.4g}, gradient norm before clipping {norm:.4g} (the limit is a "
+            f"finite loss below {limit:.3g} = {self.max_loss_ratio} x ln(vocabulary size); "
+            f"gradients.max_loss_ratio). {advice}{kept}"
+        )
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not self._norms:
+            return
+        norms = torch.tensor(self._norms)
+        clip = trainer.gradient_clip_val
+        if clip:
+            pl_module.log("train/clipped_fraction", (norms > clip).float().mean())
+        if trainer.logger is not None and hasattr(trainer.logger.experiment, "add_histogram"):
+            trainer.logger.experiment.add_histogram(
+                "train/grad_norm_hist", norms, global_step=trainer.current_epoch
+            )
+
+
+class VanishingMonitor(Callback):
+    """Every `every_n_steps` steps, the gradient-distance curve on a fixed validation batch:
+    an image (log scale) and scalars at a few distances. `every_n_steps=0` turns it off."""
+
+    def __init__(self, every_n_steps: int = 250, batch_size: int = 32) -> None:
+        self.every_n_steps = every_n_steps
+        self.batch_size = batch_size
+        self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if self.every_n_steps and trainer.datamodule is not None:
+            x, y = next(iter(trainer.datamodule.val_dataloader()))
+            self._batch = (x[: self.batch_size], y[: self.batch_size])
+
+    @rank_zero_only
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if not self.every_n_steps or self._batch is None or step % self.every_n_steps:
+            return
+        x, y = (t.to(pl_module.device) for t in self._batch)
+        curve = hidden_state_gradients(pl_module.model, x, y)
+        for k in DISTANCES:
+            if k < len(curve):
+                pl_module.log(f"grad_distance/k={k}", curve[k], on_step=True, on_epoch=False)
+        if trainer.logger is not None and hasattr(trainer.logger.experiment, "add_figure"):
+            fig = plot_distance_curves({"": curve}, f"step {step}")
+            trainer.logger.experiment.add_figure("grad_distance/curve", fig, global_step=step)

@@ -1,0 +1,83 @@
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from charrnn.diagnostics import GradientMonitor, TrainingDiverged, hidden_state_gradients
+from charrnn.model import CharRNN
+from charrnn.training import train
+
+
+def test_gradient_distance_agrees_with_a_hand_unrolled_rnn():
+    torch.manual_seed(0)
+    model = CharRNN(5, hidden_size=4)
+    x, y = torch.randint(0, 5, (3, 6)), torch.randint(0, 5, (3, 6))
+    curve = hidden_state_gradients(model, x, y)
+
+    rnn = model.rnn
+    h, hs = torch.zeros(3, 4), []
+    for t in range(6):
+        onehot = F.one_hot(x[:, t], 5).float()
+        h = torch.tanh(onehot @ rnn.weight_ih_l0.T + rnn.bias_ih_l0
+                       + h @ rnn.weight_hh_l0.T + rnn.bias_hh_l0)
+        hs.append(h)
+    loss = F.cross_entropy(model.head(h), y[:, -1], reduction="sum")
+    grads = torch.autograd.grad(loss, hs)
+    expected = torch.stack([g.norm(dim=1).mean() for g in reversed(grads)])
+    torch.testing.assert_close(curve, expected)
+    assert all(p.grad is None for p in model.parameters())  # the model is left untouched
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_gradient_distance_runs_for_gated_cells(cell):
+    model = CharRNN(5, hidden_size=4, num_layers=2, cell=cell)
+    curve = hidden_state_gradients(model, torch.randint(0, 5, (2, 7)), torch.randint(0, 5, (2, 7)))
+    assert curve.shape == (7,) and torch.isfinite(curve).all() and curve[0] > 0
+
+
+def test_clipped_fraction_on_a_constructed_case():
+    monitor = GradientMonitor()
+    logged = {}
+    module = SimpleNamespace(
+        hparams=SimpleNamespace(vocab="abcd"), last_grad_norm=None,
+        log=lambda name, value, **kw: logged.__setitem__(name, float(value)),
+    )
+    trainer = SimpleNamespace(gradient_clip_val=5.0, logger=None, global_step=0)
+    monitor.on_train_epoch_start(trainer, module)
+    for norm in (1.0, 7.0, 4.99, 5.0, 12.0):  # 2 of 5 above the threshold (5.0 is not above)
+        module.last_grad_norm = torch.tensor(norm)
+        monitor.on_train_batch_end(trainer, module, {"loss": torch.tensor(1.0)}, None, 0)
+    monitor.on_train_epoch_end(trainer, module)
+    assert logged["train/clipped_fraction"] == pytest.approx(0.4)
+
+
+def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("trainer.gradient_clip_val=null", "module.lr=1000.0",
+                   "trainer.val_check_interval=1", "trainer.max_epochs=3")
+    with pytest.raises(TrainingDiverged) as err:
+        train(cfg)
+    message = str(err.value)
+    assert "training diverged at step 2 (epoch 1)" in message
+    assert "trainer.gradient_clip_val=5.0" in message and "last.ckpt" in message
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 1  # saved after step 1, before the step that diverged
+    assert all(torch.isfinite(t).all() for t in last["state_dict"].values())
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_diagnostics_reach_tensorboard(tiny_cfg, tmp_path):
+    train(tiny_cfg("vanishing.every_n_steps=5"))
+    acc = EventAccumulator(str(tmp_path / "run"), size_guidance={"images": 0, "histograms": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert {"grad_distance/k=1", "grad_distance/k=10", "train/clipped_fraction"} <= set(
+        tags["scalars"]
+    )
+    assert "grad_distance/k=25" not in tags["scalars"]  # seq_length 16: no such distance
+    assert "grad_distance/curve" in tags["images"]
+    assert "train/grad_norm_hist" in tags["histograms"]
+    k1 = acc.Scalars("grad_distance/k=1")
+    assert len(k1) >= 2 and all(math.isfinite(e.value) and e.value > 0 for e in k1)
