@@ -1,5 +1,6 @@
 """Generate text from a checkpoint: `python generate.py ckpt_path=<run folder or .ckpt>`."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -10,10 +11,13 @@ from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from charrnn.checkpoints import resolve_checkpoint
+from charrnn.checkpoints import register_resolvers, resolve_checkpoint
 from charrnn.errors import CharRNNError
-from charrnn.sampling import load_model, sample_text, score_text
+from charrnn.sampling import load_model, sample_metrics, sample_text, score_text
 from charrnn.vocab import read_text
+
+
+register_resolvers()
 
 
 def generate(cfg: DictConfig, stream=sys.stdout) -> list[str] | dict:
@@ -61,9 +65,12 @@ def generate(cfg: DictConfig, stream=sys.stdout) -> list[str] | dict:
     if cfg.output is not None:
         Path(to_absolute_path(cfg.output)).write_text(combined, encoding="utf-8")
     if HydraConfig.get().mode == RunMode.MULTIRUN:
+        # A study's job keeps its text, its config and what the sweep summary compares.
         job_dir = Path(HydraConfig.get().runtime.output_dir)
         (job_dir / "sample.txt").write_text(combined, encoding="utf-8")
         (job_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        metrics = sample_metrics(model, vocab, samples)
+        (job_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return texts
 
 

@@ -1,10 +1,12 @@
 """Train the char-RNN: `python train.py [overrides]`; see README.md and conf/train.yaml."""
 
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
@@ -31,6 +33,7 @@ def resume_config(cfg: DictConfig) -> DictConfig:
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         if cfg.ckpt_path is not None:
             cfg.ckpt_path = to_absolute_path(cfg.ckpt_path)
@@ -38,9 +41,16 @@ def main(cfg: DictConfig) -> float | None:
         if cfg.data.path is not None:
             cfg.data.path = to_absolute_path(cfg.data.path)
         metrics = train(cfg)
-    except CharRNNError as err:
-        record_failure(run_dir, err)
+    except Exception as err:
+        # In a sweep, a failed job is recorded (error.txt) and the other jobs go on.
+        if not (isinstance(err, CharRNNError) or multirun):
+            raise
+        if not isinstance(err, CharRNNError):
+            traceback.print_exc()
+        record_failure(run_dir, err, keep=multirun)
         print(f"\nerror: {err}", file=sys.stderr)
+        if multirun:
+            return None
         sys.exit(2)
     print(
         f"\nrun folder: {run_dir}\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -86,5 +87,17 @@ def register_resolvers() -> None:
         lambda ckpt: (
             f".hydra/resume-{datetime.now():%Y%m%d-%H%M%S}" if run_folder_of(ckpt) else ".hydra"
         ),
+        replace=True,
+    )
+    # conf/generate.yaml: a single generation writes no .hydra/ folder, a sweep job does.
+    OmegaConf.register_new_resolver(
+        "charrnn_multirun_only",
+        lambda mode, value: value if str(mode).endswith("MULTIRUN") else None,
+        replace=True,
+    )
+    # conf/launcher/parallel.yaml: divide the cores among jobs running at the same time.
+    OmegaConf.register_new_resolver(
+        "charrnn_threads_per_job",
+        lambda n_jobs: max(1, len(os.sched_getaffinity(0)) // max(1, int(n_jobs))),
         replace=True,
     )

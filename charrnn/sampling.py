@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -153,6 +154,18 @@ def sample_text(
         if t + 1 < length:
             logits, state = step(ids, state)
     return [vocab.decode(row) for row in out.cpu()]
+
+
+def sample_metrics(model: CharRNN, vocab: CharVocab, samples: list[str]) -> dict[str, float]:
+    """How a temperature changes text: the model's own perplexity of its samples (at T = 1) and
+    the share of distinct words among all words."""
+    losses = [score_text(model, vocab, s)["loss"] for s in samples if len(s) >= 2]
+    words = [w for s in samples for w in re.findall(r"[^\W\d_]+(?:'[^\W\d_]+)?", s.lower())]
+    return {
+        "sample_ppl": math.exp(sum(losses) / len(losses)) if losses else math.nan,
+        "distinct_words": len(set(words)) / len(words) if words else 0.0,
+        "words": len(words),
+    }
 
 
 @torch.inference_mode()

@@ -75,6 +75,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     ckpt_dir = run_dir / CHECKPOINT_DIR
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
 
     dm = CharDataModule(**cfg.data)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
@@ -141,22 +143,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "train_chars_per_s": round(speed.chars_per_second),
         "best_checkpoint": best,
         "resumed_from": str(resume) if resume else None,
+        "parameters": sum(p.numel() for p in module.model.parameters()),
     }
     (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     (run_dir / ERROR_FILE).unlink(missing_ok=True)  # left by an earlier failed attempt
     return metrics
 
 
-def record_failure(run_dir: Path, err: Exception) -> None:
+def record_failure(run_dir: Path, err: Exception, keep: bool = False) -> None:
     """Leave no half-written run folder that looks like a result.
 
-    A folder holding only Hydra's config and log (the run failed before training) is removed;
-    otherwise the error goes to error.txt beside what the run had written, unless the folder
-    holds a finished run (a failed resume must not mark it as failed).
+    A folder holding only Hydra's config and log (the run failed before training) is removed,
+    unless `keep` (a sweep job: the sweep summary lists it as failed); otherwise the error goes
+    to error.txt, except in a folder holding a finished run (a failed resume must not mark it
+    as failed).
     """
     if not run_dir.is_dir() or (run_dir / METRICS_FILE).exists():
         return
-    if all(p.name in (".hydra", "train.log") for p in run_dir.iterdir()):
+    if not keep and all(p.name in (".hydra", "train.log") for p in run_dir.iterdir()):
         shutil.rmtree(run_dir)
     else:
-        (run_dir / ERROR_FILE).write_text(f"{err}\n")
+        message = str(err) if isinstance(err, CharRNNError) else f"{type(err).__name__}: {err}"
+        (run_dir / ERROR_FILE).write_text(f"{message}\n")

@@ -157,6 +157,8 @@ def test_generate_entry_point_round_trip(trained, tmp_path):
     for job in jobs:
         assert len((job / "sample.txt").read_text(encoding="utf-8")) == 40 + 1
         assert "temperature:" in (job / "config.yaml").read_text()
+        assert (job / "metrics.json").is_file()
+    assert (jobs[0].parent / "summary.md").is_file()  # the sweep summary ran
 
     score = run_script("generate.py", f"ckpt_path={run}", "mode=score",
                        f"text_path={corpus}", cwd=tmp_path)
