@@ -16,7 +16,6 @@ from charrnn.errors import CharRNNError
 from charrnn.sampling import load_model, sample_metrics, sample_text, score_text
 from charrnn.vocab import read_text
 
-
 register_resolvers()
 
 

@@ -53,7 +53,7 @@ def split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int,
 
 
 class TrainWindows(Dataset):
-    """Non-overlapping windows: `seq_length` inputs and the same characters shifted by one."""
+    """Indexed by start position: `seq_length` inputs and the same characters shifted by one."""
 
     def __init__(self, data: torch.Tensor, seq_length: int) -> None:
         self.data = data
@@ -62,57 +62,84 @@ class TrainWindows(Dataset):
     def __len__(self) -> int:
         return (len(self.data) - 1) // self.seq_length
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        start = i * self.seq_length
+    def __getitem__(self, start: int) -> tuple[torch.Tensor, torch.Tensor]:
         chunk = self.data[start : start + self.seq_length + 1].long()
         return chunk[:-1], chunk[1:]
 
 
-class EvalWindows(Dataset):
-    """Windows whose targets cover every character of `data[start:end]` exactly once.
+class WindowSampler(Sampler[int]):
+    """Start positions of non-overlapping training windows, a function of (seed, epoch) alone,
+    so that a resumed run sees the same batches. Lightning calls `set_epoch` every epoch.
 
-    The input of the split's first character is the character just before the split; the last
-    window is padded with IGNORE_INDEX targets so all windows have `seq_length` steps.
+    - shuffled (default): every epoch a new order of the windows.
+    - `streams=B`: no shuffling; the windows are cut into B contiguous streams and consecutive
+      batches of B take the next window of every stream, so that row b of one batch continues
+      row b of the batch before it (for carrying the hidden state across batches).
+    - `random_offset`: every epoch the windows start at a new offset in [0, seq_length), so the
+      window boundaries move; the number of windows stays the same every epoch.
     """
 
-    def __init__(self, data: torch.Tensor, start: int, end: int, seq_length: int) -> None:
-        assert start >= 1 and end > start
-        n = end - start
-        n_windows = -(-n // seq_length)
-        self.inputs = torch.zeros(n_windows * seq_length, dtype=torch.long)
-        self.targets = torch.full((n_windows * seq_length,), IGNORE_INDEX, dtype=torch.long)
-        self.inputs[:n] = data[start - 1 : end - 1]
-        self.targets[:n] = data[start:end]
-        self.inputs = self.inputs.view(n_windows, seq_length)
-        self.targets = self.targets.view(n_windows, seq_length)
-
-    def __len__(self) -> int:
-        return len(self.inputs)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.inputs[i], self.targets[i]
-
-
-class EpochShuffleSampler(Sampler[int]):
-    """A permutation drawn from (seed, epoch) alone, so a resumed run sees the same batches.
-
-    Lightning calls `set_epoch` at the start of every training epoch.
-    """
-
-    def __init__(self, n: int, seed: int) -> None:
-        self.n = n
+    def __init__(self, n_chars: int, seq_length: int, seed: int, random_offset: bool = False,
+                 streams: int | None = None) -> None:
+        self.seq_length = seq_length
         self.seed = seed
+        self.random_offset = random_offset
+        self.streams = streams
+        usable = n_chars - 1 - (seq_length - 1 if random_offset else 0)
+        self.n_windows = usable // seq_length
+        if streams:
+            self.n_windows -= self.n_windows % streams  # whole batches only
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n
+        return self.n_windows
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        offset = int(torch.randint(self.seq_length, (1,), generator=generator)) if (
+            self.random_offset
+        ) else 0
+        if self.streams:
+            order = torch.arange(self.n_windows).view(self.streams, -1).T.flatten()
+        else:
+            order = torch.randperm(self.n_windows, generator=generator)
+        return iter((offset + order * self.seq_length).tolist())
+
+
+class EvalWindows(Dataset):
+    """Windows whose targets cover every character of `data[start:end]` exactly once.
+
+    The input of the split's first character is the character just before the split; windows
+    are padded with IGNORE_INDEX targets so all have `seq_length` steps. With `streams=S` the
+    split is cut into S contiguous streams and window i is window i // S of stream i % S, so a
+    batch of S windows continues the batch before it row by row (as WindowSampler's streams).
+    """
+
+    def __init__(self, data: torch.Tensor, start: int, end: int, seq_length: int,
+                 streams: int = 1) -> None:
+        assert start >= 1 and end > start
+        n = end - start
+        stream_len = -(-n // streams)
+        n_windows = -(-stream_len // seq_length)  # per stream
+        inputs = torch.zeros(streams, n_windows * seq_length, dtype=torch.long)
+        targets = torch.full((streams, n_windows * seq_length), IGNORE_INDEX, dtype=torch.long)
+        for s in range(streams):
+            a, b = start + s * stream_len, min(end, start + (s + 1) * stream_len)
+            if b > a:
+                inputs[s, : b - a] = data[a - 1 : b - 1]
+                targets[s, : b - a] = data[a:b]
+        # (S, W, T) -> (W, S, T) -> (W * S, T): window-major, stream-minor
+        self.inputs = inputs.view(streams, n_windows, seq_length).transpose(0, 1).flatten(0, 1)
+        self.targets = targets.view(streams, n_windows, seq_length).transpose(0, 1).flatten(0, 1)
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inputs[i], self.targets[i]
 
 
 def _check_positive(name: str, value: int) -> None:
@@ -136,6 +163,8 @@ class CharDataModule(L.LightningDataModule):
         batch_size: int = 64,
         eval_batch_size: int = 256,
         seed: int = 0,
+        random_offset: bool = False,
+        contiguous_batches: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -164,6 +193,8 @@ class CharDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.seed = seed
+        self.random_offset = random_offset
+        self.contiguous_batches = contiguous_batches
         self.vocab: CharVocab | None = None
         self.data: torch.Tensor | None = None
 
@@ -185,24 +216,35 @@ class CharDataModule(L.LightningDataModule):
         data = vocab.encode(text)
         del text
         n_train, n_val, n_test = split_sizes(len(data), self.val_fraction, self.test_fraction)
-        if n_train < self.seq_length + 1 or n_val < 1 or n_test < 1:
+        need = self.seq_length + 1 + (self.seq_length - 1 if self.random_offset else 0)
+        if n_train < need or n_val < 1 or n_test < 1:
             raise CharRNNError(
                 f"corpus {self.corpus_path} is too short: {len(data)} characters split "
-                f"{n_train}/{n_val}/{n_test} (train/val/test), but training needs at least "
-                f"data.seq_length + 1 = {self.seq_length + 1} characters and validation and test "
-                "at least 1 each. Use a longer text (data.path) or a smaller data.seq_length."
+                f"{n_train}/{n_val}/{n_test} (train/val/test), but one training window of "
+                f"data.seq_length={self.seq_length} needs {need} characters and validation and "
+                "test at least 1 each. Use a longer text (data.path) or a smaller data.seq_length."
             )
         self.vocab, self.data = vocab, data
         self.n_train, self.n_val, self.n_test = n_train, n_val, n_test
 
     def train_dataloader(self) -> DataLoader:
+        sampler = WindowSampler(
+            self.n_train, self.seq_length, self.seed, self.random_offset,
+            streams=self.batch_size if self.contiguous_batches else None,
+        )
+        if len(sampler) == 0:
+            raise CharRNNError(
+                f"data.contiguous_batches needs at least data.batch_size={self.batch_size} "
+                f"training windows of {self.seq_length} characters; the training split has "
+                f"{self.n_train} characters. Lower data.batch_size or data.seq_length."
+            )
         windows = TrainWindows(self.data[: self.n_train], self.seq_length)
-        sampler = EpochShuffleSampler(len(windows), self.seed)
         return DataLoader(windows, batch_size=self.batch_size, sampler=sampler)
 
     def _eval_loader(self, start: int, end: int) -> DataLoader:
-        windows = EvalWindows(self.data, start, end, self.seq_length)
-        return DataLoader(windows, batch_size=self.eval_batch_size)
+        streams = min(self.eval_batch_size, end - start) if self.contiguous_batches else 1
+        windows = EvalWindows(self.data, start, end, self.seq_length, streams=streams)
+        return DataLoader(windows, batch_size=self.eval_batch_size if streams == 1 else streams)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.n_train, self.n_train + self.n_val)

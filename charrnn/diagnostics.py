@@ -104,11 +104,11 @@ class GradientMonitor(Callback):
             if not clip
             else f"Lower module.lr or trainer.gradient_clip_val (now {clip})."
         )
-        last = trainer.checkpoint_callback
+        saved = [c.last_model_path or c.best_model_path for c in trainer.checkpoint_callbacks]
+        saved = [path for path in saved if path]
         kept = (
-            f" The last good checkpoint is kept: {last.last_model_path or last.best_model_path}."
-            if last is not None and (last.last_model_path or last.best_model_path)
-            else " No checkpoint had been written yet."
+            f" The last good checkpoint is kept: {saved[-1]}."
+            if saved else " No checkpoint had been written yet."
         )
         raise TrainingDiverged(
             f"training diverged at step {trainer.global_step} (epoch {trainer.current_epoch + 1}):"

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
 from charrnn.data import IGNORE_INDEX
-from charrnn.model import CharRNN
+from charrnn.errors import CharRNNError
+from charrnn.model import CharRNN, State
 
 STAGES = ("train", "val", "test")
 
@@ -19,11 +20,25 @@ class CharRNNModule(L.LightningModule):
     """Wraps CharRNN; its hyperparameters (vocab string, model kwargs, lr) are plain containers,
     so every checkpoint loads with `torch.load(..., weights_only=True)` and decodes on its own."""
 
-    def __init__(self, vocab: str, model: dict, lr: float = 1e-3) -> None:
+    def __init__(self, vocab: str, model: dict, lr: float = 1e-3, lr_schedule: str | None = None,
+                 lr_factor: float = 0.5, lr_patience: int = 1, carry_state: bool = False) -> None:
         super().__init__()
+        if lr_schedule not in (None, "plateau"):
+            raise CharRNNError(
+                f"unknown module.lr_schedule {lr_schedule!r}: allowed values are null (constant "
+                "learning rate) and plateau (ReduceLROnPlateau on val/loss)."
+            )
         self.save_hyperparameters()
         self.model = CharRNN(len(vocab), **model)
         self.lr = lr
+        self.lr_schedule = lr_schedule
+        self.lr_factor = lr_factor
+        self.lr_patience = lr_patience
+        # Truncated BPTT across batches: needs data.contiguous_batches, so that row b of a batch
+        # continues row b of the batch before. The state is reset when a split's epoch starts
+        # and detached after every step.
+        self.carry_state = carry_state
+        self._state: State | None = None
         self.last_grad_norm: torch.Tensor | None = None  # before clipping; read by callbacks
         # Token-weighted mean cross-entropy of the whole epoch: perplexity = exp(this), which is
         # not the mean of per-batch perplexities when batches hold different numbers of targets.
@@ -34,7 +49,9 @@ class CharRNNModule(L.LightningModule):
 
     def _loss(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch  # (B, T), (B, T)
-        logits, _ = self.model(x)  # (B, T, V)
+        logits, state = self.model(x, self._state)  # (B, T, V)
+        if self.carry_state:
+            self._state = _detach(state)
         loss_sum = F.cross_entropy(
             logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
         )
@@ -63,11 +80,22 @@ class CharRNNModule(L.LightningModule):
         self.log(f"{stage}/{'loss' if stage != 'train' else 'loss_epoch'}", loss)
         self.log(f"{stage}/ppl", torch.exp(loss))
 
+    def on_train_epoch_start(self) -> None:
+        self._state = None
+
+    def on_validation_epoch_start(self) -> None:
+        self._train_state, self._state = self._state, None  # validation runs inside an epoch
+
+    def on_test_epoch_start(self) -> None:
+        self._state = None
+
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")
+        self._state = getattr(self, "_train_state", None)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
@@ -85,5 +113,18 @@ class CharRNNModule(L.LightningModule):
         self.last_grad_norm = norm.detach()
         self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
+    def configure_optimizers(self):
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
+        if self.lr_schedule is None:
+            return optimizer
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=self.lr_factor, patience=self.lr_patience
+        )
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": plateau, "monitor": "val/loss", "interval": "epoch"}}
+
+
+def _detach(state: State) -> State:
+    if isinstance(state, tuple):
+        return tuple(s.detach() for s in state)
+    return state.detach()

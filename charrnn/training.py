@@ -101,11 +101,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # .hydra/config.yaml keeps ${hydra:...} unresolved; this copy can be read back anywhere.
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
+    # Both after every validation (Lightning's own guess skips that for val_check_interval=1).
+    # Lightning 2.6 writes save_last=True's last.ckpt only when a best checkpoint was written
+    # too, so last.ckpt has a callback of its own; it comes second so that it saves the best
+    # callback's state after this validation's update.
     checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best",
-        monitor="val/loss", mode="min", save_top_k=1, save_last=True,
-        # After every validation: Lightning's own guess skips it for val_check_interval=1.
+        dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
         save_on_train_epoch_end=False,
+    )
+    last_checkpoint = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+        save_on_train_epoch_end=False, enable_version_counter=False,
     )
     early_stopping = EarlyStopping(
         monitor="val/loss", mode="min", check_on_train_epoch_end=False, **cfg.early_stopping
@@ -118,7 +124,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         **cfg.trainer, default_root_dir=run_dir, logger=logger,
         callbacks=[
             ProgressLines(), speed, samples, GradientMonitor(**cfg.gradients),
-            VanishingMonitor(**cfg.vanishing), early_stopping, checkpoint,
+            VanishingMonitor(**cfg.vanishing), early_stopping, checkpoint, last_checkpoint,
         ],
     )
     trainer.fit(module, datamodule=dm, ckpt_path=resume)

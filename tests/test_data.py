@@ -6,9 +6,9 @@ import torch
 from charrnn.data import (
     IGNORE_INDEX,
     CharDataModule,
-    EpochShuffleSampler,
     EvalWindows,
     TrainWindows,
+    WindowSampler,
     split_sizes,
 )
 from charrnn.errors import CharRNNError
@@ -47,7 +47,7 @@ def test_split_is_contiguous_train_first(corpus):
     data = dm.vocab.encode(corpus.read_text(encoding="utf-8"))
     assert torch.equal(dm.data, data)
     windows = dm.train_dataloader().dataset
-    inputs = torch.cat([windows[i][0] for i in range(len(windows))])
+    inputs = torch.cat([windows[i * 16][0] for i in range(len(windows))])
     assert len(inputs) + 1 <= dm.n_train  # the last target is still a training character
     assert torch.equal(inputs, data[: len(inputs)].long())
     val_targets = torch.cat([y[y != IGNORE_INDEX] for _, y in dm.val_dataloader()])
@@ -61,7 +61,7 @@ def test_train_windows_shift_by_one_and_do_not_overlap():
     windows = TrainWindows(data, seq_length=10)
     assert len(windows) == 5  # (53 - 1) // 10
     for i in range(len(windows)):
-        x, y = windows[i]
+        x, y = windows[10 * i]  # indexed by start position
         assert x.dtype == torch.long
         assert torch.equal(x, torch.arange(10 * i, 10 * i + 10))
         assert torch.equal(y, x + 1)
@@ -76,13 +76,48 @@ def test_eval_windows_cover_every_character_once():
 
 
 def test_shuffle_depends_on_seed_and_epoch_only():
-    a, b = EpochShuffleSampler(50, seed=1), EpochShuffleSampler(50, seed=1)
+    a, b = WindowSampler(501, 10, seed=1), WindowSampler(501, 10, seed=1)
     first = list(a)
-    assert first == list(b) and sorted(first) == list(range(50))
+    assert first == list(b) and sorted(first) == list(range(0, 500, 10))
     a.set_epoch(1)
     assert list(a) != first
     b.set_epoch(1)
     assert list(a) == list(b)
+
+
+def test_random_offsets_move_the_window_boundaries():
+    sampler = WindowSampler(501, 10, seed=0, random_offset=True)
+    offsets = set()
+    for epoch in range(20):
+        sampler.set_epoch(epoch)
+        starts = sorted(sampler)
+        assert len(starts) == len(sampler) == 49  # the same count every epoch
+        assert all(b - a == 10 for a, b in zip(starts, starts[1:]))  # still non-overlapping
+        assert starts[-1] + 10 + 1 <= 501  # the last target is inside the data
+        offsets.add(starts[0])
+    assert len(offsets) > 5 and offsets <= set(range(10))
+
+
+def test_contiguous_batches_continue_row_by_row():
+    sampler = WindowSampler(1001, 10, seed=0, streams=4)
+    starts = list(sampler)
+    assert len(starts) == 100  # 100 windows, a multiple of 4 streams
+    batches = [starts[i : i + 4] for i in range(0, 100, 4)]
+    for before, after in zip(batches, batches[1:]):
+        assert [b - a for a, b in zip(before, after)] == [10, 10, 10, 10]
+    assert batches[0] == [0, 250, 500, 750]
+
+
+def test_stream_eval_windows_cover_every_character_once_row_by_row():
+    data = torch.arange(200, dtype=torch.uint8)
+    windows = EvalWindows(data, start=100, end=187, seq_length=5, streams=4)
+    assert len(windows) % 4 == 0
+    targets = windows.targets.view(-1, 4, 5)  # (batch, stream, T)
+    per_stream = [targets[:, s].flatten() for s in range(4)]
+    covered = torch.cat([t[t != IGNORE_INDEX] for t in per_stream])
+    assert torch.equal(covered, torch.arange(100, 187))  # in order, each once
+    inputs = windows.inputs.view(-1, 4, 5)
+    assert torch.equal(inputs[1, 0, :1], targets[0, 0, -1:])  # row 0 continues
 
 
 def test_missing_empty_and_non_utf8_files(tmp_path: Path):
@@ -99,7 +134,7 @@ def test_missing_empty_and_non_utf8_files(tmp_path: Path):
 def test_corpus_too_short_for_seq_length(tmp_path: Path):
     (tmp_path / "short.txt").write_text("x" * 100)
     dm = CharDataModule(path=str(tmp_path / "short.txt"), seq_length=100)
-    with pytest.raises(CharRNNError, match="too short.*seq_length"):
+    with pytest.raises(CharRNNError, match="too short.*data.seq_length=100 needs 101 characters"):
         dm.setup()
 
 

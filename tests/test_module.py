@@ -62,5 +62,6 @@ def test_grad_norm_is_logged_before_clipping():
 def test_hparams_are_plain_containers():
     module = CharRNNModule(vocab="ab\n", model={"hidden_size": 4, "cell": "gru"}, lr=0.01)
     assert dict(module.hparams) == {
-        "vocab": "ab\n", "model": {"hidden_size": 4, "cell": "gru"}, "lr": 0.01
+        "vocab": "ab\n", "model": {"hidden_size": 4, "cell": "gru"}, "lr": 0.01,
+        "lr_schedule": None, "lr_factor": 0.5, "lr_patience": 1, "carry_state": False,
     }

@@ -104,6 +104,13 @@ def test_bad_checkpoints_and_vocab_mismatch(tiny_cfg, tmp_path):
         train(tiny_cfg("model.hidden_size=32", f"ckpt_path={tmp_path / 'run'}"))
 
 
+def test_last_checkpoint_follows_every_epoch_even_without_improvement(tiny_cfg, tmp_path):
+    train(tiny_cfg("module.lr=0.0", "trainer.max_epochs=3", "early_stopping.patience=10"))
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["epoch"] == 2
+    assert torch.load(ckpts / "best.ckpt", weights_only=True)["epoch"] == 0
+
+
 def test_new_run_refuses_a_folder_with_checkpoints(tiny_cfg, tmp_path):
     train(tiny_cfg("trainer.max_epochs=1"))
     before = (tmp_path / "run" / "checkpoints" / "last.ckpt").read_bytes()
