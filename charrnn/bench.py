@@ -1,18 +1,31 @@
 """Benchmarks, measured in one run so that ratios compare like with like on a noisy machine.
 
-    python -m charrnn.bench                  # everything, default sizes
-    python -m charrnn.bench --only generate  # one group
+    python -m charrnn.bench                  # training and generation, default sizes
+    python -m charrnn.bench --only train     # one group: train | generate | corpus
     python -m charrnn.bench --tiny           # seconds: a smoke test of the harness itself
 
 Every figure is the median of several repetitions after a warm-up; the table is printed and
-written as JSON (--json, default outputs/bench.json).
+written as JSON (--json, default outputs/bench.json). Training configurations each run in a
+process of their own, which also gives each its own peak memory (max RSS).
+
+train:  (a) a plain PyTorch loop of the default recipe, written below as the baseline;
+        (b) the project's real Lightning path with the same configuration, as a user runs it
+            (progress display, per-step logging, gradient norms, diagnostics at defaults);
+        (b0) the same with the vanishing-gradient diagnostic off (its cost: b / b0);
+        (c) the fast path: (b) with trainer.precision=bf16-mixed;
+        and validation characters/s of (b).
+corpus: encoding time and peak memory of the memory-mapped corpus cache at growing sizes
+        (not in the default set: it writes a few hundred MB to a temporary folder).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -22,11 +35,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from charrnn.model import CharRNN
 from charrnn.sampling import load_model, sample_text
 
 ROOT = Path(__file__).resolve().parents[1]
+SHARED_CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 
 def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
@@ -96,23 +111,219 @@ def bench_generate(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
     return results
 
 
-GROUPS = {"generate": bench_generate}
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_corpus_text(tmp: Path, tiny: bool) -> Path:
+    """Tiny Shakespeare when it is beside the checkout, else ~1 MB of made-up text."""
+    if SHARED_CORPUS.is_file() and not tiny:
+        return SHARED_CORPUS
+    import random
+
+    rng = random.Random(0)
+    words = "the king and queen of france shall not speak to thee my lord".split()
+    text = "\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(
+        2000 if tiny else 20000))
+    path = tmp / "bench_corpus.txt"
+    path.write_text(text)
+    return path
+
+
+def plain_loop(corpus: Path, hidden_size: int, steps: int, repeats: int,
+               precision: str) -> dict[str, float]:
+    """(a): the default recipe as a plain PyTorch loop, chars/s per block of `steps` steps."""
+    from charrnn.vocab import CharVocab, read_text
+
+    text = read_text(corpus)
+    vocab = CharVocab.from_text(text)
+    data = vocab.encode(text[: int(len(text) * 0.8)]).long()
+    torch.manual_seed(0)
+    V, L, B = len(vocab), 100, 64
+    rnn = torch.nn.RNN(V, hidden_size, batch_first=True)
+    head = torch.nn.Linear(hidden_size, V)
+    params = [*rnn.parameters(), *head.parameters()]
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    n_windows = (len(data) - 1) // L
+    steps_ = torch.arange(L + 1)
+
+    def block() -> None:
+        starts = torch.randperm(n_windows)[: steps * B] * L
+        for i in range(steps):
+            chunk = data[starts[i * B : (i + 1) * B, None] + steps_]  # (B, L + 1)
+            x, y = chunk[:, :-1], chunk[:, 1:]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                out, _ = rnn(F.one_hot(x, V).float())
+                logits = head(out)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 5.0)
+            optimizer.step()
+
+    seconds = median_time(block, repeats, warmup=1)
+    return {"chars_per_s": steps * B * L / seconds, "peak_rss_mb": peak_rss_mb()}
+
+
+def lightning_path(corpus: Path, hidden_size: int, steps: int, repeats: int,
+                   overrides: list[str]) -> dict[str, float]:
+    """(b)/(c): train.py's real path for repeats + 1 short epochs; the first is the warm-up."""
+    from hydra import compose, initialize_config_dir
+
+    from charrnn.checkpoints import register_resolvers
+    from charrnn.report import read_scalars
+    from charrnn.training import train
+
+    register_resolvers()
+    with tempfile.TemporaryDirectory() as run_dir:
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("train", overrides=[
+                f"data.path={corpus}", f"run_dir={run_dir}", f"model.hidden_size={hidden_size}",
+                f"trainer.max_epochs={repeats + 1}", f"trainer.limit_train_batches={steps}",
+                "early_stopping.patience=1000", *overrides,
+            ])
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            train(cfg)
+        logged = read_scalars(Path(run_dir))
+    train_speeds = [v for _, v in logged["train/chars_per_s"]][1:]
+    val_speeds = [v for _, v in logged["val/chars_per_s"]][1:]
+    return {"chars_per_s": statistics.median(train_speeds),
+            "val_chars_per_s": statistics.median(val_speeds), "peak_rss_mb": peak_rss_mb()}
+
+
+def corpus_encode(corpus: Path, cache_dir: Path) -> dict[str, float]:
+    """Build the memory-mapped cache of `corpus` (from scratch): seconds and peak memory."""
+    from charrnn.cache import cached_corpus
+
+    start = time.perf_counter()
+    _, data = cached_corpus(corpus, cache_dir)
+    return {"seconds": time.perf_counter() - start, "chars": len(data),
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def corpus_train(corpus: Path, cache_dir: Path, hidden_size: int, steps: int) -> dict[str, float]:
+    """A few training steps (and a little validation and test) from the cached corpus."""
+    from hydra import compose, initialize_config_dir
+
+    from charrnn.checkpoints import register_resolvers
+    from charrnn.training import train
+
+    register_resolvers()
+    with tempfile.TemporaryDirectory() as run_dir:
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("train", overrides=[
+                f"data.path={corpus}", f"data.cache_dir={cache_dir}", "data.memmap=true",
+                f"run_dir={run_dir}", f"model.hidden_size={hidden_size}", "trainer.max_epochs=1",
+                f"trainer.limit_train_batches={steps}", "trainer.limit_val_batches=2",
+                "trainer.limit_test_batches=2", "vanishing.every_n_steps=0",
+            ])
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            train(cfg)
+    return {"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
+
+
+def bench_corpus(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
+    """Encoding time and peak memory as the corpus grows (Tiny Shakespeare repeated)."""
+    source = bench_corpus_text(tmp, args.tiny).read_bytes()
+    results: dict[str, float] = {}
+    for megabytes in (0.1, 0.2) if args.tiny else (1, 10, 100, 300):
+        path = tmp / f"corpus_{megabytes}mb.txt"
+        size = int(megabytes * 1_000_000)
+        with open(path, "wb") as f:
+            for _ in range(size // len(source)):
+                f.write(source)
+            rest = source[: size % len(source)]
+            f.write(rest[: rest.rfind(b"\n") + 1])  # whole lines: never a split character
+        cache = tmp / "cache"
+        encoded = run_worker("corpus_encode", args, path, cache)
+        trained = run_worker("corpus_train", args, path, cache)
+        label = f"corpus_{megabytes}mb"
+        results[f"{label}_encode_s"] = encoded["seconds"]
+        results[f"{label}_encode_peak_rss_mb"] = encoded["peak_rss_mb"]
+        results[f"{label}_train_peak_rss_mb"] = trained["peak_rss_mb"]
+        path.unlink()
+        subprocess.run(["rm", "-rf", str(cache)], check=True)
+    return results
+
+
+def run_worker(kind: str, args: argparse.Namespace, corpus: Path,
+               cache_dir: Path | None = None) -> dict[str, float]:
+    """One configuration in a fresh process (its own peak memory); its JSON result."""
+    cmd = [sys.executable, "-m", "charrnn.bench", "--worker", kind, "--corpus", str(corpus),
+           "--hidden-size", str(args.hidden_size), "--train-steps", str(args.train_steps),
+           "--repeats", str(args.repeats), "--cache-dir", str(cache_dir or "")]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmark worker {kind} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+WORKERS = {
+    "plain_fp32": lambda a: plain_loop(a.corpus, a.hidden_size, a.train_steps, a.repeats, "fp32"),
+    "plain_bf16": lambda a: plain_loop(a.corpus, a.hidden_size, a.train_steps, a.repeats, "bf16"),
+    "lightning_fp32": lambda a: lightning_path(
+        a.corpus, a.hidden_size, a.train_steps, a.repeats, []),
+    "lightning_fp32_no_diag": lambda a: lightning_path(
+        a.corpus, a.hidden_size, a.train_steps, a.repeats, ["vanishing.every_n_steps=0"]),
+    "lightning_bf16": lambda a: lightning_path(
+        a.corpus, a.hidden_size, a.train_steps, a.repeats, ["trainer.precision=bf16-mixed"]),
+    "corpus_encode": lambda a: corpus_encode(a.corpus, a.cache_dir),
+    "corpus_train": lambda a: corpus_train(a.corpus, a.cache_dir, a.hidden_size, 20),
+}
+TRAIN_WORKERS = ("plain_fp32", "plain_bf16", "lightning_fp32", "lightning_fp32_no_diag",
+                 "lightning_bf16")
+
+
+def bench_train(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
+    corpus = args.corpus or bench_corpus_text(tmp, args.tiny)
+    r = {kind: run_worker(kind, args, corpus) for kind in TRAIN_WORKERS}
+    return {
+        "train_a_plain_fp32_chars_per_s": r["plain_fp32"]["chars_per_s"],
+        "train_b_lightning_fp32_chars_per_s": r["lightning_fp32"]["chars_per_s"],
+        "train_b0_lightning_fp32_no_diagnostics_chars_per_s":
+            r["lightning_fp32_no_diag"]["chars_per_s"],
+        "train_c_lightning_bf16_chars_per_s": r["lightning_bf16"]["chars_per_s"],
+        "train_plain_bf16_chars_per_s": r["plain_bf16"]["chars_per_s"],
+        "ratio_b_over_a": r["lightning_fp32"]["chars_per_s"] / r["plain_fp32"]["chars_per_s"],
+        "ratio_c_over_a": r["lightning_bf16"]["chars_per_s"] / r["plain_fp32"]["chars_per_s"],
+        "ratio_b_over_b0_diagnostics_cost": r["lightning_fp32"]["chars_per_s"]
+        / r["lightning_fp32_no_diag"]["chars_per_s"],
+        "val_chars_per_s_fp32": r["lightning_fp32"]["val_chars_per_s"],
+        "val_chars_per_s_bf16": r["lightning_bf16"]["val_chars_per_s"],
+        "ratio_val_over_train_fp32": r["lightning_fp32"]["val_chars_per_s"]
+        / r["lightning_fp32"]["chars_per_s"],
+        "peak_rss_mb_plain_fp32": r["plain_fp32"]["peak_rss_mb"],
+        "peak_rss_mb_lightning_fp32": r["lightning_fp32"]["peak_rss_mb"],
+        "peak_rss_mb_lightning_bf16": r["lightning_bf16"]["peak_rss_mb"],
+    }
+
+
+GROUPS = {"train": bench_train, "generate": bench_generate, "corpus": bench_corpus}
+DEFAULT_GROUPS = ("train", "generate")
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=sorted(GROUPS), action="append")
+    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    parser.add_argument("--corpus", type=Path, help="training text (default: Tiny Shakespeare)")
+    parser.add_argument("--train-steps", type=int, default=140, help="steps per repetition")
+    parser.add_argument("--cache-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: checks the harness only")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--hidden-size", type=int, default=512)
     parser.add_argument("--gen-length", type=int, default=4000)
     parser.add_argument("--json", type=Path, default=ROOT / "outputs" / "bench.json")
     args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(WORKERS[args.worker](args)))
+        return {}
     if args.tiny:
-        args.repeats, args.hidden_size, args.gen_length = 1, 16, 40
+        args.repeats, args.hidden_size, args.gen_length, args.train_steps = 1, 16, 40, 3
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.only or sorted(GROUPS):
+        for name in args.only or DEFAULT_GROUPS:
             results.update(GROUPS[name](args, Path(tmp)))
     report = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} "

@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 
+from charrnn.data import IGNORE_INDEX
 from charrnn.sampling import check_sampling_args, sample_text
 from charrnn.vocab import CharVocab
 
@@ -23,7 +24,8 @@ def _duration(seconds: float) -> str:
 
 
 class SpeedMonitor(Callback):
-    """Training characters/s per epoch (validation time excluded), summed across resumes."""
+    """Training characters/s per epoch (validation time excluded), summed across resumes, and
+    validation characters/s."""
 
     def __init__(self) -> None:
         self.train_chars = 0  # over the whole run, including before a resume
@@ -32,6 +34,7 @@ class SpeedMonitor(Callback):
         self._epoch_start = 0.0
         self._val_seconds = 0.0
         self._val_start = 0.0
+        self._val_chars = 0
 
     @property
     def chars_per_second(self) -> float:
@@ -46,6 +49,16 @@ class SpeedMonitor(Callback):
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self._val_start = time.perf_counter()
+        self._val_chars = 0
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
+                                dataloader_idx=0) -> None:
+        self._val_chars += int((batch[1] != IGNORE_INDEX).sum())
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        seconds = time.perf_counter() - self._val_start
+        if seconds > 0 and not trainer.sanity_checking:
+            pl_module.log("val/chars_per_s", self._val_chars / seconds)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         self._val_seconds += time.perf_counter() - self._val_start

@@ -8,6 +8,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from charrnn.cache import cached_corpus
 from charrnn.errors import CharRNNError
 from charrnn.vocab import CharVocab, read_text
 
@@ -116,30 +117,31 @@ class EvalWindows(Dataset):
     are padded with IGNORE_INDEX targets so all have `seq_length` steps. With `streams=S` the
     split is cut into S contiguous streams and window i is window i // S of stream i % S, so a
     batch of S windows continues the batch before it row by row (as WindowSampler's streams).
+    Windows are cut from `data` on demand: nothing is copied up front.
     """
 
     def __init__(self, data: torch.Tensor, start: int, end: int, seq_length: int,
                  streams: int = 1) -> None:
         assert start >= 1 and end > start
-        n = end - start
-        stream_len = -(-n // streams)
-        n_windows = -(-stream_len // seq_length)  # per stream
-        inputs = torch.zeros(streams, n_windows * seq_length, dtype=torch.long)
-        targets = torch.full((streams, n_windows * seq_length), IGNORE_INDEX, dtype=torch.long)
-        for s in range(streams):
-            a, b = start + s * stream_len, min(end, start + (s + 1) * stream_len)
-            if b > a:
-                inputs[s, : b - a] = data[a - 1 : b - 1]
-                targets[s, : b - a] = data[a:b]
-        # (S, W, T) -> (W, S, T) -> (W * S, T): window-major, stream-minor
-        self.inputs = inputs.view(streams, n_windows, seq_length).transpose(0, 1).flatten(0, 1)
-        self.targets = targets.view(streams, n_windows, seq_length).transpose(0, 1).flatten(0, 1)
+        self.data, self.start, self.end = data, start, end
+        self.seq_length, self.streams = seq_length, streams
+        self.stream_len = -(-(end - start) // streams)
+        self.windows_per_stream = -(-self.stream_len // seq_length)
 
     def __len__(self) -> int:
-        return len(self.inputs)
+        return self.windows_per_stream * self.streams
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.inputs[i], self.targets[i]
+        stream, window = i % self.streams, i // self.streams
+        stream_start = self.start + stream * self.stream_len
+        a = stream_start + window * self.seq_length  # position of the first target
+        b = min(a + self.seq_length, stream_start + self.stream_len, self.end)
+        x = torch.zeros(self.seq_length, dtype=torch.long)
+        y = torch.full((self.seq_length,), IGNORE_INDEX, dtype=torch.long)
+        if b > a:
+            x[: b - a] = self.data[a - 1 : b - 1]
+            y[: b - a] = self.data[a:b]
+        return x, y
 
 
 def _check_positive(name: str, value: int) -> None:
@@ -165,6 +167,7 @@ class CharDataModule(L.LightningDataModule):
         seed: int = 0,
         random_offset: bool = False,
         contiguous_batches: bool = False,
+        memmap: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -195,6 +198,7 @@ class CharDataModule(L.LightningDataModule):
         self.seed = seed
         self.random_offset = random_offset
         self.contiguous_batches = contiguous_batches
+        self.memmap = memmap
         self.vocab: CharVocab | None = None
         self.data: torch.Tensor | None = None
 
@@ -211,10 +215,13 @@ class CharDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.data is not None:  # idempotent: train.py sets up early to learn the vocabulary
             return
-        text = read_text(self.corpus_path)
-        vocab = CharVocab.from_text(text)
-        data = vocab.encode(text)
-        del text
+        if self.memmap:
+            vocab, data = cached_corpus(self.corpus_path, self.cache_dir)
+        else:
+            text = read_text(self.corpus_path)
+            vocab = CharVocab.from_text(text)
+            data = vocab.encode(text)
+            del text
         n_train, n_val, n_test = split_sizes(len(data), self.val_fraction, self.test_fraction)
         need = self.seq_length + 1 + (self.seq_length - 1 if self.random_offset else 0)
         if n_train < need or n_val < 1 or n_test < 1:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -157,3 +158,47 @@ class VanishingMonitor(Callback):
         if trainer.logger is not None and hasattr(trainer.logger.experiment, "add_figure"):
             fig = plot_distance_curves({"": curve}, f"step {step}")
             trainer.logger.experiment.add_figure("grad_distance/curve", fig, global_step=step)
+
+
+def compare_runs(runs: list[Path], out: Path, batch_size: int = 32) -> dict[str, torch.Tensor]:
+    """The gradient-distance curve of each run's best checkpoint on its own validation batch."""
+    from omegaconf import OmegaConf
+
+    from charrnn.checkpoints import resolve_checkpoint
+    from charrnn.data import CharDataModule
+    from charrnn.sampling import load_model
+
+    curves = {}
+    for run in runs:
+        cfg = OmegaConf.load(run / "config.yaml")
+        dm = CharDataModule(**cfg.data)
+        dm.setup()
+        x, y = next(iter(dm.val_dataloader()))
+        model, _ = load_model(resolve_checkpoint(run, "best"))
+        steps = torch.load(resolve_checkpoint(run, "best"), weights_only=True)["global_step"]
+        label = f"{cfg.model.cell} (hidden {cfg.model.hidden_size}, {steps} steps)"
+        curves[label] = hidden_state_gradients(model, x[:batch_size], y[:batch_size])
+    fig = plot_distance_curves(curves, "||dL_T/dh_{T-k}||, validation batch")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return curves
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Compare how far back gradients reach in trained runs (best checkpoints)."
+    )
+    parser.add_argument("runs", type=Path, nargs="+", help="run folders")
+    parser.add_argument("--out", type=Path, required=True, help="PNG to write")
+    args = parser.parse_args(argv)
+    curves = compare_runs(args.runs, args.out)
+    print("run" + "".join(f" | k={k}" for k in DISTANCES))
+    for label, curve in curves.items():
+        print(label + "".join(f" | {curve[k]:.3g}" for k in DISTANCES if k < len(curve)))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -28,7 +28,8 @@ class CharRNNModule(L.LightningModule):
                 f"unknown module.lr_schedule {lr_schedule!r}: allowed values are null (constant "
                 "learning rate) and plateau (ReduceLROnPlateau on val/loss)."
             )
-        self.save_hyperparameters()
+        # Into every checkpoint; TensorBoard gets them with the final metrics (training.py).
+        self.save_hyperparameters(logger=False)
         self.model = CharRNN(len(vocab), **model)
         self.lr = lr
         self.lr_schedule = lr_schedule

@@ -166,10 +166,47 @@ class SweepSummary(HydraCallback):
             raise SystemExit(1)
 
 
+def plot_curves(sweep_dir: Path, tags: list[str], out: Path) -> None:
+    """Step curves of the given TensorBoard scalars, one panel per tag, one line per job."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = job_rows(sweep_dir)
+    varying = [k for k in sorted({k for r in rows for k in r["swept"]})
+               if len({r["swept"].get(k) for r in rows}) > 1]
+    fig, axes = plt.subplots(1, len(tags), figsize=(5.5 * len(tags), 3.8), dpi=100, squeeze=False)
+    for row in rows:
+        logged = read_scalars(sweep_dir / row["job"])
+        label = " ".join(f"{k}={row['swept'][k]}" for k in varying) or row["job"]
+        for ax, tag in zip(axes[0], tags):
+            points = logged.get(tag, [])
+            if points:
+                ax.plot([s for s, _ in points], [v for _, v in points], label=label, lw=0.8)
+    for ax, tag in zip(axes[0], tags):
+        ax.set_title(tag)
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Summarize a train.py -m sweep folder.")
     parser.add_argument("sweep_dir", type=Path)
-    summarize(parser.parse_args(argv).sweep_dir)
+    parser.add_argument("--curves", nargs="+", metavar="TAG",
+                        help="also plot these TensorBoard scalars per step (e.g. train/loss)")
+    parser.add_argument("--out", type=Path, help="PNG for --curves (default: SWEEP/curves.png)")
+    args = parser.parse_args(argv)
+    summarize(args.sweep_dir)
+    if args.curves:
+        out = args.out or args.sweep_dir / "curves.png"
+        plot_curves(args.sweep_dir, args.curves, out)
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -56,28 +56,38 @@ class CharVocab:
         return "".join(self.chars[i] for i in torch.as_tensor(ids).tolist())
 
 
+def missing_corpus_error(path: Path) -> CharRNNError:
+    return CharRNNError(
+        f"corpus file not found: {path}. Set data.path to an existing UTF-8 text file "
+        "(e.g. `python train.py data.path=my_text.txt`), or leave data.path=null to use Tiny "
+        "Shakespeare."
+    )
+
+
+def empty_corpus_error(path: Path) -> CharRNNError:
+    return CharRNNError(f"corpus file is empty: {path}. Set data.path to a file with text in it.")
+
+
+def not_utf8_error(path: Path, byte: int, offset: int, line: int, column: int,
+                   reason: str) -> CharRNNError:
+    return CharRNNError(
+        f"corpus file is not valid UTF-8: {path}: byte 0x{byte:02x} at offset {offset} "
+        f"(line {line}, column {column}) cannot be decoded ({reason}). Convert the file to UTF-8 "
+        "(e.g. `iconv -f latin1 -t utf-8`) or set data.path to another file."
+    )
+
+
 def read_text(path: str | Path) -> str:
     """Read a UTF-8 corpus, turning every way it can be unusable into a CharRNNError."""
     path = Path(path)
     if not path.is_file():
-        raise CharRNNError(
-            f"corpus file not found: {path}. Set data.path to an existing UTF-8 text file "
-            "(e.g. `python train.py data.path=my_text.txt`), or leave data.path=null to use Tiny "
-            "Shakespeare."
-        )
+        raise missing_corpus_error(path)
     raw = path.read_bytes()
     if not raw:
-        raise CharRNNError(
-            f"corpus file is empty: {path}. Set data.path to a file with text in it."
-        )
+        raise empty_corpus_error(path)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line = raw.count(b"\n", 0, err.start) + 1
         column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
-        raise CharRNNError(
-            f"corpus file is not valid UTF-8: {path}: byte 0x{raw[err.start]:02x} at offset "
-            f"{err.start} (line {line}, column {column}) cannot be decoded ({err.reason}). "
-            "Convert the file to UTF-8 (e.g. `iconv -f latin1 -t utf-8`) or set data.path to "
-            "another file."
-        ) from None
+        raise not_utf8_error(path, raw[err.start], err.start, line, column, err.reason) from None

@@ -70,7 +70,8 @@ def test_train_windows_shift_by_one_and_do_not_overlap():
 def test_eval_windows_cover_every_character_once():
     data = torch.arange(100, dtype=torch.uint8)
     windows = EvalWindows(data, start=40, end=65, seq_length=10)
-    x, y = windows.inputs.flatten(), windows.targets.flatten()
+    x = torch.cat([windows[i][0] for i in range(len(windows))])
+    y = torch.cat([windows[i][1] for i in range(len(windows))])
     assert torch.equal(y[y != IGNORE_INDEX], torch.arange(40, 65))
     assert torch.equal(x[:25], torch.arange(39, 64))  # each input is the previous character
 
@@ -112,11 +113,11 @@ def test_stream_eval_windows_cover_every_character_once_row_by_row():
     data = torch.arange(200, dtype=torch.uint8)
     windows = EvalWindows(data, start=100, end=187, seq_length=5, streams=4)
     assert len(windows) % 4 == 0
-    targets = windows.targets.view(-1, 4, 5)  # (batch, stream, T)
+    targets = torch.stack([windows[i][1] for i in range(len(windows))]).view(-1, 4, 5)
     per_stream = [targets[:, s].flatten() for s in range(4)]
     covered = torch.cat([t[t != IGNORE_INDEX] for t in per_stream])
     assert torch.equal(covered, torch.arange(100, 187))  # in order, each once
-    inputs = windows.inputs.view(-1, 4, 5)
+    inputs = torch.stack([windows[i][0] for i in range(len(windows))]).view(-1, 4, 5)
     assert torch.equal(inputs[1, 0, :1], targets[0, 0, -1:])  # row 0 continues
 
 

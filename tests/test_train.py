@@ -49,6 +49,14 @@ def test_run_writes_checkpoints_metrics_and_tensorboard(tiny_cfg, tmp_path):
     assert len(logged["val/ppl"]) == 2 and len(logged["test/ppl"]) == 1
     assert logged["test/ppl"][0] == pytest.approx(metrics["test_ppl"], rel=1e-5)
     assert "train/chars_per_s" in logged
+    # HParams dashboard: the settings with the final metrics.
+    assert logged["hp/test_ppl"] == [pytest.approx(metrics["test_ppl"])]
+    assert {"hp/best_val_ppl", "hp/epochs_run", "hp/train_chars_per_s"} <= set(logged)
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    hparams = acc.PluginTagToContent("hparams")
+    assert "_hparams_/session_start_info" in hparams
+    assert b"model.hidden_size" in hparams["_hparams_/session_start_info"]
     assert not list(run.glob("version_*")) and not list(run.glob("lightning_logs"))
     # Samples at T = 0.5, 1.0, 1.5 after each validation, indented so line breaks survive.
     acc = EventAccumulator(str(run), size_guidance={"tensors": 0})
