@@ -35,14 +35,25 @@ class SpeedMonitor(Callback):
         self._val_seconds = 0.0
         self._val_start = 0.0
         self._val_chars = 0
+        self._in_epoch = False
+
+    def _totals(self) -> tuple[int, float]:
+        """Characters and seconds so far, the epoch in progress included (checkpoints are
+        written after validation, before the epoch's end)."""
+        if not self._in_epoch:
+            return self.train_chars, self.train_seconds
+        seconds = time.perf_counter() - self._epoch_start - self._val_seconds
+        return self.train_chars + self._epoch_chars, self.train_seconds + seconds
 
     @property
     def chars_per_second(self) -> float:
-        return self.train_chars / self.train_seconds if self.train_seconds else 0.0
+        chars, seconds = self._totals()
+        return chars / seconds if seconds else 0.0
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_chars, self._val_seconds = 0, 0.0
         self._epoch_start = time.perf_counter()
+        self._in_epoch = True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._epoch_chars += batch[0].numel()
@@ -64,14 +75,17 @@ class SpeedMonitor(Callback):
         self._val_seconds += time.perf_counter() - self._val_start
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not self._in_epoch:
+            return
         seconds = time.perf_counter() - self._epoch_start - self._val_seconds
-        self.train_chars += self._epoch_chars
-        self.train_seconds += seconds
+        self.train_chars, self.train_seconds = self._totals()
+        self._in_epoch = False
         if seconds > 0:
             pl_module.log("train/chars_per_s", self._epoch_chars / seconds)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"train_chars": self.train_chars, "train_seconds": self.train_seconds}
+        chars, seconds = self._totals()
+        return {"train_chars": chars, "train_seconds": seconds}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.train_chars = state_dict["train_chars"]

@@ -166,6 +166,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # Read the fit's outcome now: testing a checkpoint restores the callbacks' state from it.
     early_stopped = early_stopping.stopped_epoch > 0
     epochs_run = trainer.current_epoch
+    train_chars_per_s = speed.chars_per_second
     best = checkpoint.best_model_path or str(ckpt_dir / LAST)
     (test,) = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
 
@@ -179,7 +180,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "epochs_run": epochs_run,
         "early_stopped": early_stopped,
         "wall_time_s": round(time.perf_counter() - start, 1),
-        "train_chars_per_s": round(speed.chars_per_second),
+        "train_chars_per_s": round(train_chars_per_s),
         "best_checkpoint": best,
         "resumed_from": str(resume) if resume else None,
         "parameters": sum(p.numel() for p in module.model.parameters()),

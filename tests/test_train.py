@@ -93,6 +93,10 @@ def test_resume_matches_an_uninterrupted_run(tiny_cfg, tmp_path):
         assert torch.equal(adam_w[key]["exp_avg_sq"], adam_s[key]["exp_avg_sq"])
     early = [k for k in whole["callbacks"] if k.startswith("EarlyStopping")][0]
     assert whole["callbacks"][early]["wait_count"] == split["callbacks"][early]["wait_count"]
+    # Throughput is summed across the resume: the same characters were trained on.
+    assert whole["callbacks"]["SpeedMonitor"]["train_chars"] == (
+        split["callbacks"]["SpeedMonitor"]["train_chars"]
+    )
     # TensorBoard: one folder, val curve continues to 3 points.
     assert len(scalars(tmp_path / "split")["val/loss"]) == 3
 
@@ -113,10 +117,14 @@ def test_bad_checkpoints_and_vocab_mismatch(tiny_cfg, tmp_path):
 
 
 def test_last_checkpoint_follows_every_epoch_even_without_improvement(tiny_cfg, tmp_path):
-    train(tiny_cfg("module.lr=0.0", "trainer.max_epochs=3", "early_stopping.patience=10"))
+    metrics = train(tiny_cfg("module.lr=0.0", "trainer.max_epochs=3", "early_stopping.patience=10"))
     ckpts = tmp_path / "run" / "checkpoints"
     assert torch.load(ckpts / "last.ckpt", weights_only=True)["epoch"] == 2
     assert torch.load(ckpts / "best.ckpt", weights_only=True)["epoch"] == 0
+    # Throughput covers all three epochs, not the state restored from best.ckpt for testing.
+    per_epoch = scalars(tmp_path / "run")["train/chars_per_s"]
+    assert len(per_epoch) == 3
+    assert min(per_epoch) * 0.9 <= metrics["train_chars_per_s"] <= max(per_epoch) * 1.1
 
 
 def test_new_run_refuses_a_folder_with_checkpoints(tiny_cfg, tmp_path):
