@@ -12,7 +12,10 @@ from omegaconf import OmegaConf
 
 from charrnn.errors import CharRNNError
 
+# A run folder's layout.
 CHECKPOINT_DIR = "checkpoints"
+METRICS_FILE = "metrics.json"
+ERROR_FILE = "error.txt"
 LAST = "last.ckpt"
 BEST = "best.ckpt"
 

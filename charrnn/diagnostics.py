@@ -150,14 +150,18 @@ class VanishingMonitor(Callback):
         step = trainer.global_step
         if not self.every_n_steps or self._batch is None or step % self.every_n_steps:
             return
+        writer = getattr(trainer.logger, "experiment", None)
+        if not hasattr(writer, "add_figure"):
+            return
         x, y = (t.to(pl_module.device) for t in self._batch)
         curve = hidden_state_gradients(pl_module.model, x, y)
+        # Straight to TensorBoard: a value given to pl_module.log in this hook is logged again
+        # at every later step of the epoch.
         for k in DISTANCES:
             if k < len(curve):
-                pl_module.log(f"grad_distance/k={k}", curve[k], on_step=True, on_epoch=False)
-        if trainer.logger is not None and hasattr(trainer.logger.experiment, "add_figure"):
-            fig = plot_distance_curves({"": curve}, f"step {step}")
-            trainer.logger.experiment.add_figure("grad_distance/curve", fig, global_step=step)
+                writer.add_scalar(f"grad_distance/k={k}", float(curve[k]), global_step=step)
+        fig = plot_distance_curves({"": curve}, f"step {step}")
+        writer.add_figure("grad_distance/curve", fig, global_step=step)
 
 
 def compare_runs(runs: list[Path], out: Path, batch_size: int = 32) -> dict[str, torch.Tensor]:

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from hydra.experimental.callback import Callback as HydraCallback
 
-from charrnn.training import ERROR_FILE, METRICS_FILE
+from charrnn.checkpoints import ERROR_FILE, METRICS_FILE
 
 # Metrics shown first, when present (training sweeps, then generation sweeps).
 PREFERRED = ("test_ppl", "best_val_ppl", "best_epoch", "epochs_run", "early_stopped",

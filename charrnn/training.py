@@ -19,7 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from charrnn.callbacks import ProgressLines, SampleText, SpeedMonitor
 from charrnn.checkpoints import (
     CHECKPOINT_DIR,
+    ERROR_FILE,
     LAST,
+    METRICS_FILE,
     load_checkpoint,
     resolve_checkpoint,
 )
@@ -27,9 +29,6 @@ from charrnn.data import CharDataModule
 from charrnn.diagnostics import GradientMonitor, VanishingMonitor
 from charrnn.errors import CharRNNError
 from charrnn.module import CharRNNModule
-
-METRICS_FILE = "metrics.json"
-ERROR_FILE = "error.txt"
 
 # Noise that tells a user nothing actionable: the corpus is an in-memory tensor (workers would
 # only add start-up cost), a deprecation inside Lightning, and an advertisement.
