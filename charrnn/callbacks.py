@@ -212,7 +212,8 @@ class SampleText(Callback):
     def check(self, vocab: CharVocab) -> None:
         """Fail before training (not after the first epoch) on a bad prompt or setting."""
         for temperature in self.temperatures:
-            check_sampling_args(vocab, self.prompt, self.length, temperature, None)
+            check_sampling_args(vocab, self.prompt, self.length, temperature, None,
+                                prefix="samples.")
 
     @rank_zero_only
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -72,4 +72,8 @@ class CharRNN(nn.Module):
         else:
             inputs = F.one_hot(x, self.vocab_size).to(self.head.weight.dtype)  # (B, T, V)
         out, state = self.rnn(inputs, state)  # (B, T, H)
-        return self.head(self.dropout(out)), state
+        # Under autocast the head stays in fp32: rounding logits to bf16 costs perplexity, and
+        # this matmul is small next to the recurrence.
+        with torch.autocast(out.device.type, enabled=False):
+            logits = self.head(self.dropout(out).float())
+        return logits, state

@@ -94,6 +94,7 @@ def write_plot(rows: list[dict[str, Any]], sweep_dir: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     ok = [r for r in rows if r["status"] == "ok"]
     primary = primary_metric(rows)
@@ -106,7 +107,7 @@ def write_plot(rows: list[dict[str, Any]], sweep_dir: Path) -> None:
         left.plot(*zip(*points), marker="o")
         left.set_xlabel(key)
         xs = [p[0] for p in points]
-        if min(xs) > 0 and max(xs) / min(xs) > 8:
+        if min(xs) > 0 and max(xs) / min(xs) >= 8:
             left.set_xscale("log", base=2)
     else:
         labels = [" ".join(f"{k}={r['swept'][k]}" for k in varying) or r["job"] for r in ok]
@@ -121,6 +122,7 @@ def write_plot(rows: list[dict[str, Any]], sweep_dir: Path) -> None:
             right.plot(range(1, len(curve) + 1), [v for _, v in curve], label=label)
     if not right.lines:
         right.set_axis_off()
+    right.xaxis.set_major_locator(MaxNLocator(integer=True))
     right.set_xlabel("epoch")
     right.set_ylabel("validation perplexity")
     right.set_yscale("log")

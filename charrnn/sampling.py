@@ -31,30 +31,30 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[CharRNN, CharVoca
 
 
 def check_sampling_args(vocab: CharVocab, prompt: str, length: int, temperature: float,
-                        top_k: int | None, num_samples: int = 1) -> None:
-    """Raise a CharRNNError naming the option and its allowed values for any bad argument."""
+                        top_k: int | None, num_samples: int = 1, prefix: str = "") -> None:
+    """Raise a CharRNNError naming the option (`prefix` + name) and its allowed values."""
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
         temperature >= 0 and math.isfinite(temperature)
     ):
         raise CharRNNError(
-            f"temperature must be a number >= 0 (0 means greedy), got {temperature!r}. "
-            "E.g. `temperature=0.8`."
+            f"{prefix}temperature must be a number >= 0 (0 means greedy), got {temperature!r}. "
+            f"E.g. `{prefix}temperature=0.8`."
         )
     for name, value in (("length", length), ("num_samples", num_samples)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise CharRNNError(f"{name} must be a positive integer, got {value!r}.")
+            raise CharRNNError(f"{prefix}{name} must be a positive integer, got {value!r}.")
     if top_k is not None and (
         isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= len(vocab)
     ):
         raise CharRNNError(
-            f"top_k must be an integer from 1 to the vocabulary size {len(vocab)} (or null for "
-            f"no limit), got {top_k!r}."
+            f"{prefix}top_k must be an integer from 1 to the vocabulary size {len(vocab)} (or "
+            f"null for no limit), got {top_k!r}."
         )
     unknown = vocab.unknown(prompt)
     if unknown:
         raise CharRNNError(
-            f"the prompt has characters that are not in the checkpoint's vocabulary: "
-            f"{''.join(unknown)!r}. Remove them from `prompt`; the vocabulary is "
+            f"{prefix}prompt has characters that are not in the vocabulary: "
+            f"{''.join(unknown)!r}. Remove them from `{prefix}prompt`; the vocabulary is "
             f"{vocab.chars!r}."
         )
 

@@ -29,6 +29,7 @@ from charrnn.data import CharDataModule
 from charrnn.diagnostics import GradientMonitor, VanishingMonitor
 from charrnn.errors import CharRNNError
 from charrnn.module import CharRNNModule
+from charrnn.precision import precision_arguments
 
 # Noise that tells a user nothing actionable: the corpus is an in-memory tensor (workers would
 # only add start-up cost), a deprecation inside Lightning, and an advertisement.
@@ -60,23 +61,6 @@ def _check_resumable(ckpt: dict[str, Any], path: Path, dm: CharDataModule, model
                         for k, (old, new) in diff.items())
             + ". Resume with the same model.* settings as the original run."
         )
-
-
-def resolve_precision(precision: str | int) -> str | int:
-    """`auto`: bf16-mixed where bf16 matrix multiplication is fast, else the seed's 32-true.
-
-    On a CPU that means AMX (amx_bf16 in /proc/cpuinfo): elsewhere bf16 matmuls are emulated or
-    barely faster, for a loss of precision. On GPUs auto stays with fp32: not measured here.
-    """
-    if precision != "auto":
-        return precision
-    if torch.cuda.is_available():
-        return "32-true"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "32-true"
-    return "bf16-mixed" if "amx_bf16" in flags.split() else "32-true"
 
 
 def hparams_for_tensorboard(cfg: DictConfig) -> dict[str, Any]:
@@ -151,7 +135,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # appends to the same folder instead of starting version_1.
     logger = TensorBoardLogger(save_dir=run_dir, name="", version="", default_hp_metric=False)
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_args["precision"] = resolve_precision(trainer_args["precision"])
+    trainer_args.update(precision_arguments(trainer_args["precision"], cfg.trainer.accelerator))
     trainer = L.Trainer(
         **trainer_args, default_root_dir=run_dir, logger=logger,
         callbacks=[

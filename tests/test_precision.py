@@ -5,8 +5,9 @@ import json
 import pytest
 
 from charrnn.bench import main as bench
+from charrnn.precision import resolve_precision
 from charrnn.report import read_scalars
-from charrnn.training import resolve_precision, train
+from charrnn.training import train
 
 
 def test_bf16_loss_stays_close_to_fp32(tiny_cfg, tmp_path):

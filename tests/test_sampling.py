@@ -1,3 +1,4 @@
+import io
 import math
 import os
 import pickle
@@ -88,7 +89,7 @@ def test_batched_samples_have_the_length_asked_for():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"prompt": "abz!"}, "not in the checkpoint's vocabulary: '!z'"),
+        ({"prompt": "abz!"}, "not in the vocabulary: '!z'"),
         ({"temperature": -0.1}, "temperature must be a number >= 0"),
         ({"temperature": "hot"}, "temperature must be a number >= 0"),
         ({"length": 0}, "length must be a positive integer"),
@@ -165,24 +166,36 @@ def test_generate_entry_point_round_trip(trained, tmp_path):
     assert score.returncode == 0 and "perplexity" in score.stdout
 
 
+def test_generate_bad_input_exits_2_with_the_message(trained, tmp_path):
+    run, _ = trained
+    result = run_script("generate.py", f"ckpt_path={run}", "prompt=XYZ", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "not in the vocabulary: 'XYZ'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["prompt=XYZ"], "not in the checkpoint's vocabulary: 'XYZ'"),
         (["temperature=-1"], "temperature must be a number >= 0"),
         (["temperature=warm"], "temperature must be a number >= 0"),
         (["length=0"], "length must be a positive integer"),
         (["top_k=1000"], "top_k must be an integer from 1"),
+        (["top_k=0"], "top_k must be an integer from 1"),
         (["ckpt_path=missing.ckpt"], "does not exist"),
-        ([], "no checkpoint given"),
+        (["ckpt_path=null"], "no checkpoint given"),
+        (["mode=sing"], "mode must be sample or score"),
+        (["mode=score"], "mode=score needs text_path"),
     ],
 )
-def test_generate_bad_input_exits_2(trained, tmp_path, args, message):
+def test_generate_bad_input(trained, args, message):
+    """The same checks as the command line, through generate.py's function (no subprocess)."""
+    from generate import generate
+
     run, _ = trained
-    ckpt = [] if any(a.startswith("ckpt_path") for a in args) or not args else [f"ckpt_path={run}"]
-    result = run_script("generate.py", *ckpt, *args, cwd=tmp_path)
-    assert result.returncode == 2, result.stderr
-    assert message in result.stderr and "Traceback" not in result.stderr
+    cfg = compose_train([f"ckpt_path={run}", *args], config_name="generate")
+    with pytest.raises(CharRNNError, match=message):
+        generate(cfg, stream=io.StringIO())
 
 
 @pytest.mark.parametrize("num_layers", [1, 2])

@@ -101,6 +101,23 @@ def test_resume_matches_an_uninterrupted_run(tiny_cfg, tmp_path):
     assert len(scalars(tmp_path / "split")["val/loss"]) == 3
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.seq_length=0"], "data.seq_length must be a positive integer"),
+        (["data.batch_size=-2"], "data.batch_size must be a positive integer"),
+        (["model.hidden_size=0"], "model.hidden_size must be a positive integer"),
+        (["data.val_fraction=0.6", "data.test_fraction=0.4"], "leave no training data"),
+        (["module.lr_schedule=cosine"], "unknown module.lr_schedule 'cosine'"),
+        (["samples.prompt=@"], "samples.prompt has characters that are not in the vocabulary: '@'"),
+    ],
+)
+def test_bad_settings_fail_before_training(tiny_cfg, tmp_path, overrides, message):
+    with pytest.raises(CharRNNError, match=message):
+        train(tiny_cfg(*overrides))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_bad_checkpoints_and_vocab_mismatch(tiny_cfg, tmp_path):
     with pytest.raises(CharRNNError, match="does not exist"):
         train(tiny_cfg(f"ckpt_path={tmp_path / 'missing.ckpt'}"))
@@ -167,8 +184,6 @@ def test_cli_multirun_resume_shorthand_and_clean_root(corpus, tmp_path):
     [
         (["data.path=missing.txt"], "corpus file not found"),
         (["model.cell=lstmm"], "unknown model.cell 'lstmm'"),
-        (["data.seq_length=0"], "data.seq_length must be a positive integer"),
-        (["ckpt_path=nowhere.ckpt"], "does not exist"),
     ],
 )
 def test_cli_bad_input_exits_2_and_leaves_no_run_folder(corpus, tmp_path, overrides, message):
