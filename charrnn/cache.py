@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
+import mmap
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,7 +111,18 @@ def cached_corpus(path: str | Path, cache_dir: str | Path) -> tuple[CharVocab, t
         meta_file.unlink(missing_ok=True)
         _build(path, folder)
         meta = json.loads(meta_file.read_text())
-    # Copy-on-write mapping: pages are read from the file on demand and never written back.
-    tokens = np.memmap(folder / "tokens.bin", dtype=meta["dtype"], mode="c",
-                       shape=(meta["length"],))
-    return CharVocab(meta["vocab"]), torch.from_numpy(tokens)
+    return CharVocab(meta["vocab"]), torch.from_numpy(_map(folder / "tokens.bin", meta["dtype"]))
+
+
+def _map(path: Path, dtype: str) -> np.ndarray:
+    """The file as an array, read from disk page by page as it is used.
+
+    Copy-on-write (nothing is ever written back), and MADV_RANDOM: training reads small windows
+    all over the file, and the kernel's default read-ahead around each one would pull in (and
+    keep resident) far more of the file than is used.
+    """
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    if hasattr(mapped, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+        mapped.madvise(mmap.MADV_RANDOM)
+    return np.frombuffer(mapped, dtype=dtype)

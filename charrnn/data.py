@@ -107,7 +107,10 @@ class WindowSampler(Sampler[int]):
             order = torch.arange(self.n_windows).view(self.streams, -1).T.flatten()
         else:
             order = torch.randperm(self.n_windows, generator=generator)
-        return iter((offset + order * self.seq_length).tolist())
+        starts = offset + order * self.seq_length
+        # In pieces: a list of every start of a large corpus would cost ~36 bytes per window.
+        for piece in starts.split(1 << 16):
+            yield from piece.tolist()
 
 
 class EvalWindows(Dataset):
