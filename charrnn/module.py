@@ -40,6 +40,7 @@ class CharRNNModule(L.LightningModule):
         # and detached after every step.
         self.carry_state = carry_state
         self._state: State | None = None
+        self._train_state: State | None = None  # kept while validation runs inside an epoch
         self.last_grad_norm: torch.Tensor | None = None  # before clipping; read by callbacks
         # Token-weighted mean cross-entropy of the whole epoch: perplexity = exp(this), which is
         # not the mean of per-batch perplexities when batches hold different numbers of targets.
@@ -96,7 +97,7 @@ class CharRNNModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")
-        self._state = getattr(self, "_train_state", None)
+        self._state = self._train_state
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
