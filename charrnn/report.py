@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every TensorBoard scalar of a run folder: tag -> [(step, value), ...]."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # one line per event file
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}

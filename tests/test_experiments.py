@@ -76,3 +76,20 @@ def test_sweep_summary_lists_every_job_and_failed_ones(corpus, tmp_path: Path):
     rows = summarize(sweep)
     assert [r["status"] for r in rows] == ["ok", "ok", "failed"]
     assert rows[0]["test_ppl"] <= rows[1]["test_ppl"]
+
+
+def test_parallel_launcher_runs_jobs_with_divided_threads(corpus, tmp_path: Path):
+    import os
+
+    tiny = [o for o in TINY if not o.startswith("model.hidden_size")]
+    result = run_script(
+        "train.py", "-m", "launcher=parallel", f"data.path={corpus}", "model.hidden_size=8,16",
+        "trainer.max_epochs=1", *tiny, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = sorted((tmp_path / "outputs" / "multirun").glob("*/*/*_*"))
+    assert len(jobs) == 2 and all((job / "metrics.json").is_file() for job in jobs)
+    expected = max(1, len(os.sched_getaffinity(0)) // 2)
+    for job in jobs:
+        assert f"torch_threads: {expected}" in (job / "config.yaml").read_text()
+        assert "launcher" not in job.name
