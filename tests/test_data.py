@@ -151,3 +151,28 @@ def test_corpus_too_short_for_seq_length(tmp_path: Path):
 def test_bad_data_settings(kwargs, message):
     with pytest.raises(CharRNNError, match=message):
         CharDataModule(path="unused.txt", **kwargs)
+
+
+def test_default_corpus_is_downloaded_checked_and_cached(tmp_path, monkeypatch):
+    """The download through a file:// URL standing in for the canonical one."""
+    import hashlib
+
+    import charrnn.data as data
+
+    source = tmp_path / "input.txt"
+    source.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 20)
+    monkeypatch.setattr(data, "TINYSHAKESPEARE_URL", source.as_uri())
+    monkeypatch.setattr(data, "TINYSHAKESPEARE_SHA256",
+                        hashlib.sha256(source.read_bytes()).hexdigest())
+    dm = CharDataModule(path=None, cache_dir=str(tmp_path / "cache"), seq_length=16)
+    dm.prepare_data()
+    cached = tmp_path / "cache" / "tinyshakespeare.txt"
+    assert cached.read_bytes() == source.read_bytes()
+    dm.setup()
+    assert dm.vocab.chars == "".join(sorted(set(source.read_text())))
+
+    monkeypatch.setattr(data, "TINYSHAKESPEARE_SHA256", "0" * 64)  # a corrupted download
+    bad = CharDataModule(path=None, cache_dir=str(tmp_path / "other"), seq_length=16)
+    with pytest.raises(CharRNNError, match="could not download Tiny Shakespeare"):
+        bad.prepare_data()
+    assert not any((tmp_path / "other").iterdir())  # nothing that looks complete is left
