@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from charrnn.cache import cached_corpus
-from charrnn.errors import CharRNNError
+from charrnn.errors import CharRNNError, check_positive_int
 from charrnn.vocab import CharVocab, read_text
 
 TINYSHAKESPEARE_URL = (
@@ -147,14 +147,6 @@ class EvalWindows(Dataset):
         return x, y
 
 
-def _check_positive(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise CharRNNError(
-            f"{name} must be a positive integer, got {value!r}. Set it on the command line "
-            f"(e.g. `{name}=64`) or in conf/data/."
-        )
-
-
 class CharDataModule(L.LightningDataModule):
     """Owns the corpus, its vocabulary and the contiguous train/val/test split."""
 
@@ -178,7 +170,7 @@ class CharDataModule(L.LightningDataModule):
             ("data.batch_size", batch_size),
             ("data.eval_batch_size", eval_batch_size),
         ):
-            _check_positive(name, value)
+            check_positive_int(name, value, "conf/data/")
         fractions = (("data.val_fraction", val_fraction), ("data.test_fraction", test_fraction))
         for name, value in fractions:
             if not 0 < value < 1:

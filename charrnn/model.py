@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from charrnn.errors import CharRNNError
+from charrnn.errors import CharRNNError, check_positive_int
 
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 INPUTS = ("onehot", "embedding")
@@ -29,12 +29,8 @@ class CharRNN(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        for name, value in (("model.hidden_size", hidden_size), ("model.num_layers", num_layers)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise CharRNNError(
-                    f"{name} must be a positive integer, got {value!r}. Set it on the command "
-                    f"line (e.g. `{name}=512`) or in conf/model/."
-                )
+        check_positive_int("model.hidden_size", hidden_size, "conf/model/")
+        check_positive_int("model.num_layers", num_layers, "conf/model/")
         if cell not in CELLS:
             raise CharRNNError(
                 f"unknown model.cell {cell!r}: allowed values are {', '.join(CELLS)} "

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from charrnn.checkpoints import load_checkpoint
-from charrnn.errors import CharRNNError
+from charrnn.errors import CharRNNError, check_positive_int
 from charrnn.model import CharRNN, State
 from charrnn.vocab import CharVocab
 
@@ -40,9 +40,8 @@ def check_sampling_args(vocab: CharVocab, prompt: str, length: int, temperature:
             f"{prefix}temperature must be a number >= 0 (0 means greedy), got {temperature!r}. "
             f"E.g. `{prefix}temperature=0.8`."
         )
-    for name, value in (("length", length), ("num_samples", num_samples)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise CharRNNError(f"{prefix}{name} must be a positive integer, got {value!r}.")
+    check_positive_int(f"{prefix}length", length)
+    check_positive_int(f"{prefix}num_samples", num_samples)
     if top_k is not None and (
         isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= len(vocab)
     ):
