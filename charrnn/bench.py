@@ -3,6 +3,7 @@
     python -m charrnn.bench                  # training and generation, default sizes
     python -m charrnn.bench --only train     # one group: train | generate | corpus
     python -m charrnn.bench --tiny           # seconds: a smoke test of the harness itself
+    python -m charrnn.bench --device cpu     # train on the CPU even when a GPU is present
 
 Every figure is the median of several repetitions after a warm-up; the table is printed and
 written as JSON (--json, default outputs/bench.json). Training configurations each run in a
@@ -13,7 +14,8 @@ train:  (a) a plain PyTorch loop of the default recipe, written below as the bas
             (progress display, per-step logging, gradient norms, diagnostics at defaults);
         (b0) the same with the vanishing-gradient diagnostic off (its cost: b / b0);
         (c) the fast path: (b) with trainer.precision=bf16-mixed;
-        and validation characters/s of (b).
+        and validation characters/s of (b). All on --device (auto: the GPU when there is one,
+        as train.py does); generation always runs on the CPU, where generate.py runs.
 corpus: encoding time and peak memory of the memory-mapped corpus cache at growing sizes
         (not in the default set: it writes a few hundred MB to a temporary folder).
 """
@@ -24,6 +26,7 @@ import argparse
 import contextlib
 import io
 import json
+import math
 import platform
 import resource
 import statistics
@@ -44,15 +47,39 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 
-def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+def synchronize(device: torch.device | str = "cpu") -> None:
+    """Wait for queued GPU work: CUDA runs asynchronously, so a host clock needs this."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1,
+                device: torch.device | str = "cpu") -> float:
     for _ in range(warmup):
         fn()
+    synchronize(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def resolve_device(device: str) -> str:
+    """auto: the GPU when there is one (as training does), else the CPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def peak_memory_mb(device: str) -> dict[str, float]:
+    """Peak resident memory of this process, and peak GPU memory when training ran on one."""
+    peak = {"peak_rss_mb": peak_rss_mb()}
+    if device == "cuda":
+        peak["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return peak
 
 
 def write_random_checkpoint(path: Path, vocab: str, hidden_size: int) -> Path:
@@ -131,28 +158,29 @@ def bench_corpus_text(tmp: Path, tiny: bool) -> Path:
 
 
 def plain_loop(corpus: Path, hidden_size: int, steps: int, repeats: int,
-               precision: str) -> dict[str, float]:
+               precision: str, device: str = "cpu") -> dict[str, float]:
     """(a): the default recipe as a plain PyTorch loop, chars/s per block of `steps` steps."""
     from charrnn.vocab import CharVocab, read_text
 
     text = read_text(corpus)
     vocab = CharVocab.from_text(text)
-    data = vocab.encode(text[: int(len(text) * 0.8)]).long()
+    data = vocab.encode(text[: int(len(text) * 0.8)]).long().to(device)
     torch.manual_seed(0)
     V, L, B = len(vocab), 100, 64
-    rnn = torch.nn.RNN(V, hidden_size, batch_first=True)
-    head = torch.nn.Linear(hidden_size, V)
+    rnn = torch.nn.RNN(V, hidden_size, batch_first=True).to(device)
+    head = torch.nn.Linear(hidden_size, V).to(device)
     params = [*rnn.parameters(), *head.parameters()]
     optimizer = torch.optim.Adam(params, lr=1e-3)
     n_windows = (len(data) - 1) // L
-    steps_ = torch.arange(L + 1)
+    steps_ = torch.arange(L + 1, device=device)
 
     def block() -> None:
-        starts = torch.randperm(n_windows)[: steps * B] * L
+        starts = torch.randperm(n_windows, device=device)[: steps * B] * L
         for i in range(steps):
             chunk = data[starts[i * B : (i + 1) * B, None] + steps_]  # (B, L + 1)
             x, y = chunk[:, :-1], chunk[:, 1:]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
+                                enabled=precision == "bf16"):
                 out, _ = rnn(F.one_hot(x, V).float())
                 logits = head(out)
             loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
@@ -161,12 +189,12 @@ def plain_loop(corpus: Path, hidden_size: int, steps: int, repeats: int,
             torch.nn.utils.clip_grad_norm_(params, 5.0)
             optimizer.step()
 
-    seconds = median_time(block, repeats, warmup=1)
-    return {"chars_per_s": steps * B * L / seconds, "peak_rss_mb": peak_rss_mb()}
+    seconds = median_time(block, repeats, warmup=1, device=device)
+    return {"chars_per_s": steps * B * L / seconds, **peak_memory_mb(device)}
 
 
 def lightning_path(corpus: Path, hidden_size: int, steps: int, repeats: int,
-                   overrides: list[str]) -> dict[str, float]:
+                   overrides: list[str], device: str = "cpu") -> dict[str, float]:
     """(b)/(c): train.py's real path for repeats + 1 short epochs; the first is the warm-up."""
     from hydra import compose, initialize_config_dir
 
@@ -180,7 +208,7 @@ def lightning_path(corpus: Path, hidden_size: int, steps: int, repeats: int,
             cfg = compose("train", overrides=[
                 f"data.path={corpus}", f"run_dir={run_dir}", f"model.hidden_size={hidden_size}",
                 f"trainer.max_epochs={repeats + 1}", f"trainer.limit_train_batches={steps}",
-                "early_stopping.patience=1000", *overrides,
+                "early_stopping.patience=1000", f"trainer.accelerator={device}", *overrides,
             ])
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             train(cfg)
@@ -188,7 +216,7 @@ def lightning_path(corpus: Path, hidden_size: int, steps: int, repeats: int,
     train_speeds = [v for _, v in logged["train/chars_per_s"]][1:]
     val_speeds = [v for _, v in logged["val/chars_per_s"]][1:]
     return {"chars_per_s": statistics.median(train_speeds),
-            "val_chars_per_s": statistics.median(val_speeds), "peak_rss_mb": peak_rss_mb()}
+            "val_chars_per_s": statistics.median(val_speeds), **peak_memory_mb(device)}
 
 
 def corpus_encode(corpus: Path, cache_dir: Path) -> dict[str, float]:
@@ -252,7 +280,8 @@ def run_worker(kind: str, args: argparse.Namespace, corpus: Path,
     """One configuration in a fresh process (its own peak memory); its JSON result."""
     cmd = [sys.executable, "-m", "charrnn.bench", "--worker", kind, "--corpus", str(corpus),
            "--hidden-size", str(args.hidden_size), "--train-steps", str(args.train_steps),
-           "--repeats", str(args.repeats), "--cache-dir", str(cache_dir or "")]
+           "--repeats", str(args.repeats), "--cache-dir", str(cache_dir or ""),
+           "--device", args.device]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
         raise RuntimeError(f"benchmark worker {kind} failed:\n{out.stderr[-3000:]}")
@@ -260,14 +289,18 @@ def run_worker(kind: str, args: argparse.Namespace, corpus: Path,
 
 
 WORKERS = {
-    "plain_fp32": lambda a: plain_loop(a.corpus, a.hidden_size, a.train_steps, a.repeats, "fp32"),
-    "plain_bf16": lambda a: plain_loop(a.corpus, a.hidden_size, a.train_steps, a.repeats, "bf16"),
+    "plain_fp32": lambda a: plain_loop(
+        a.corpus, a.hidden_size, a.train_steps, a.repeats, "fp32", a.device),
+    "plain_bf16": lambda a: plain_loop(
+        a.corpus, a.hidden_size, a.train_steps, a.repeats, "bf16", a.device),
     "lightning_fp32": lambda a: lightning_path(
-        a.corpus, a.hidden_size, a.train_steps, a.repeats, []),
+        a.corpus, a.hidden_size, a.train_steps, a.repeats, [], a.device),
     "lightning_fp32_no_diag": lambda a: lightning_path(
-        a.corpus, a.hidden_size, a.train_steps, a.repeats, ["vanishing.every_n_steps=0"]),
+        a.corpus, a.hidden_size, a.train_steps, a.repeats, ["vanishing.every_n_steps=0"],
+        a.device),
     "lightning_bf16": lambda a: lightning_path(
-        a.corpus, a.hidden_size, a.train_steps, a.repeats, ["trainer.precision=bf16-mixed"]),
+        a.corpus, a.hidden_size, a.train_steps, a.repeats, ["trainer.precision=bf16-mixed"],
+        a.device),
     "corpus_encode": lambda a: corpus_encode(a.corpus, a.cache_dir),
     "corpus_train": lambda a: corpus_train(a.corpus, a.cache_dir, a.hidden_size, 20),
 }
@@ -277,8 +310,15 @@ TRAIN_WORKERS = ("plain_fp32", "plain_bf16", "lightning_fp32", "lightning_fp32_n
 
 def bench_train(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
     corpus = args.corpus or bench_corpus_text(tmp, args.tiny)
-    r = {kind: run_worker(kind, args, corpus) for kind in TRAIN_WORKERS}
-    return {
+    r = {}
+    for kind in TRAIN_WORKERS:
+        try:
+            r[kind] = run_worker(kind, args, corpus)
+        except RuntimeError as err:  # one broken configuration must not lose the others
+            print(err, file=sys.stderr)
+            r[kind] = {"chars_per_s": math.nan, "val_chars_per_s": math.nan,
+                       "peak_rss_mb": math.nan}
+    results = {
         "train_a_plain_fp32_chars_per_s": r["plain_fp32"]["chars_per_s"],
         "train_b_lightning_fp32_chars_per_s": r["lightning_fp32"]["chars_per_s"],
         "train_b0_lightning_fp32_no_diagnostics_chars_per_s":
@@ -297,6 +337,10 @@ def bench_train(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
         "peak_rss_mb_lightning_fp32": r["lightning_fp32"]["peak_rss_mb"],
         "peak_rss_mb_lightning_bf16": r["lightning_bf16"]["peak_rss_mb"],
     }
+    for kind in ("plain_fp32", "lightning_fp32", "lightning_bf16"):
+        if "peak_gpu_mb" in r[kind]:
+            results[f"peak_gpu_mb_{kind}"] = r[kind]["peak_gpu_mb"]
+    return results
 
 
 GROUPS = {"train": bench_train, "generate": bench_generate, "corpus": bench_corpus}
@@ -313,9 +357,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: checks the harness only")
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--hidden-size", type=int, default=512)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where training runs (auto: the GPU when there is one)")
     parser.add_argument("--gen-length", type=int, default=4000)
     parser.add_argument("--json", type=Path, default=ROOT / "outputs" / "bench.json")
     args = parser.parse_args(argv)
+    args.device = resolve_device(args.device)
     if args.worker:
         print(json.dumps(WORKERS[args.worker](args)))
         return {}
@@ -325,12 +372,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only or DEFAULT_GROUPS:
             results.update(GROUPS[name](args, Path(tmp)))
+    machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+               f"threads, torch {torch.__version__}")
+    if args.device == "cuda":
+        machine += f", training on {torch.cuda.get_device_name()}"
     report = {
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} "
-                   f"threads, torch {torch.__version__}",
+        "machine": machine,
         "settings": {k: str(v) for k, v in vars(args).items()},
         "results": results,
     }
+    print(machine)
     width = max(map(len, results))
     for key, value in results.items():
         shown = f"{value:,.3f}" if abs(value) < 100 else f"{value:,.0f}"

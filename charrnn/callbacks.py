@@ -23,6 +23,12 @@ def _duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def _sync(pl_module: L.LightningModule) -> None:
+    """GPU work is queued asynchronously: wait for it before reading a clock."""
+    if pl_module.device.type == "cuda":
+        torch.cuda.synchronize(pl_module.device)
+
+
 class SpeedMonitor(Callback):
     """Training characters/s per epoch (validation time excluded), summed across resumes, and
     validation characters/s."""
@@ -59,6 +65,7 @@ class SpeedMonitor(Callback):
         self._epoch_chars += batch[0].numel()
 
     def on_validation_start(self, trainer, pl_module) -> None:
+        _sync(pl_module)
         self._val_start = time.perf_counter()
         self._val_chars = 0
 
@@ -67,6 +74,7 @@ class SpeedMonitor(Callback):
         self._val_chars += int((batch[1] != IGNORE_INDEX).sum())
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        _sync(pl_module)
         seconds = time.perf_counter() - self._val_start
         if seconds > 0 and not trainer.sanity_checking:
             pl_module.log("val/chars_per_s", self._val_chars / seconds)
@@ -77,6 +85,7 @@ class SpeedMonitor(Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if not self._in_epoch:
             return
+        _sync(pl_module)
         seconds = time.perf_counter() - self._epoch_start - self._val_seconds
         self.train_chars, self.train_seconds = self._totals()
         self._in_epoch = False

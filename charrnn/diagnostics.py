@@ -38,7 +38,9 @@ def hidden_state_gradients(model: CharRNN, x: torch.Tensor, y: torch.Tensor) -> 
     was_training = model.training
     model.eval()
     try:
-        with torch.enable_grad():
+        # cuDNN refuses a backward pass through an RNN in eval mode; PyTorch's own kernels
+        # do not (found on an H200: the default run crashed at step 250 on a GPU).
+        with torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):
             state, hs = None, []
             for t in range(x.shape[1]):
                 _, state = model(x[:, t : t + 1], state)

@@ -38,6 +38,18 @@ def test_gradient_distance_runs_for_gated_cells(cell):
     assert curve.shape == (7,) and torch.isfinite(curve).all() and curve[0] > 0
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (cuDNN)")
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_gradient_distance_on_a_gpu_matches_the_cpu(cell):
+    # cuDNN refuses backward through an RNN in eval mode: this crashed training on a GPU.
+    torch.manual_seed(0)
+    model = CharRNN(7, hidden_size=16, cell=cell)
+    x, y = torch.randint(0, 7, (3, 12)), torch.randint(0, 7, (3, 12))
+    on_cpu = hidden_state_gradients(model, x, y)
+    on_gpu = hidden_state_gradients(model.cuda(), x.cuda(), y.cuda()).cpu()
+    torch.testing.assert_close(on_gpu, on_cpu, rtol=1e-3, atol=1e-7)
+
+
 def test_clipped_fraction_on_a_constructed_case():
     monitor = GradientMonitor()
     logged = {}
