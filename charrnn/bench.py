@@ -309,15 +309,21 @@ TRAIN_WORKERS = ("plain_fp32", "plain_bf16", "lightning_fp32", "lightning_fp32_n
 
 
 def bench_train(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
+    """Every configuration `--rounds` times, the rounds interleaved (a, b, ..., a, b, ...), so
+    that a slow spell of a shared machine hits all configurations alike; medians over rounds."""
     corpus = args.corpus or bench_corpus_text(tmp, args.tiny)
-    r = {}
-    for kind in TRAIN_WORKERS:
-        try:
-            r[kind] = run_worker(kind, args, corpus)
-        except RuntimeError as err:  # one broken configuration must not lose the others
-            print(err, file=sys.stderr)
-            r[kind] = {"chars_per_s": math.nan, "val_chars_per_s": math.nan,
-                       "peak_rss_mb": math.nan}
+    runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in TRAIN_WORKERS}
+    for _ in range(args.rounds):
+        for kind in TRAIN_WORKERS:
+            try:
+                runs[kind].append(run_worker(kind, args, corpus))
+            except RuntimeError as err:  # one broken configuration must not lose the others
+                print(err, file=sys.stderr)
+    r: dict[str, dict[str, float]] = {}
+    for kind, results in runs.items():
+        keys = set().union(*results) if results else {"chars_per_s", "peak_rss_mb"}
+        r[kind] = {key: statistics.median(run[key] for run in results) if results else math.nan
+                   for key in keys}
     results = {
         "train_a_plain_fp32_chars_per_s": r["plain_fp32"]["chars_per_s"],
         "train_b_lightning_fp32_chars_per_s": r["lightning_fp32"]["chars_per_s"],
@@ -329,14 +335,17 @@ def bench_train(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
         "ratio_c_over_a": r["lightning_bf16"]["chars_per_s"] / r["plain_fp32"]["chars_per_s"],
         "ratio_b_over_b0_diagnostics_cost": r["lightning_fp32"]["chars_per_s"]
         / r["lightning_fp32_no_diag"]["chars_per_s"],
-        "val_chars_per_s_fp32": r["lightning_fp32"]["val_chars_per_s"],
-        "val_chars_per_s_bf16": r["lightning_bf16"]["val_chars_per_s"],
-        "ratio_val_over_train_fp32": r["lightning_fp32"]["val_chars_per_s"]
+        "val_chars_per_s_fp32": r["lightning_fp32"].get("val_chars_per_s", math.nan),
+        "val_chars_per_s_bf16": r["lightning_bf16"].get("val_chars_per_s", math.nan),
+        "ratio_val_over_train_fp32": r["lightning_fp32"].get("val_chars_per_s", math.nan)
         / r["lightning_fp32"]["chars_per_s"],
         "peak_rss_mb_plain_fp32": r["plain_fp32"]["peak_rss_mb"],
         "peak_rss_mb_lightning_fp32": r["lightning_fp32"]["peak_rss_mb"],
         "peak_rss_mb_lightning_bf16": r["lightning_bf16"]["peak_rss_mb"],
     }
+    a_runs = [run["chars_per_s"] for run in runs["plain_fp32"]]
+    if len(a_runs) > 1:  # the machine's own noise: the baseline against itself
+        results["noise_a_spread_over_rounds"] = (max(a_runs) - min(a_runs)) / min(a_runs)
     for kind in ("plain_fp32", "lightning_fp32", "lightning_bf16"):
         if "peak_gpu_mb" in r[kind]:
             results[f"peak_gpu_mb_{kind}"] = r[kind]["peak_gpu_mb"]
@@ -356,6 +365,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--cache-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: checks the harness only")
     parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="training configurations run this many times, interleaved")
     parser.add_argument("--hidden-size", type=int, default=512)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where training runs (auto: the GPU when there is one)")
@@ -368,6 +379,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         return {}
     if args.tiny:
         args.repeats, args.hidden_size, args.gen_length, args.train_steps = 1, 16, 40, 3
+        args.rounds = 1
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only or DEFAULT_GROUPS:

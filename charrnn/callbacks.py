@@ -128,7 +128,7 @@ class ProgressLines(ProgressBar):
         self._last_draw = 0.0
         self._next_decile = 1
         self._chars = 0
-        self._loss_sum = 0.0
+        self._loss_sum: torch.Tensor | float = 0.0  # a tensor: read (a GPU sync) only to draw
         self._batches = 0
 
     def _write(self, text: str, final: bool) -> None:
@@ -152,7 +152,7 @@ class ProgressLines(ProgressBar):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._chars += batch[0].numel()
-        self._loss_sum += float(outputs["loss"])
+        self._loss_sum = self._loss_sum + outputs["loss"].detach()
         self._batches += 1
         total = self.total_train_batches
         done = batch_idx + 1
@@ -175,7 +175,7 @@ class ProgressLines(ProgressBar):
             bar, eta = f"{done} batches", ""
         self._write(
             f"{self._epoch_label(trainer)} {bar}  {speed / 1000:.1f}k char/s"
-            f"  loss {self._loss_sum / self._batches:.4f}  {self._val_ppl(trainer)}{eta}",
+            f"  loss {float(self._loss_sum) / self._batches:.4f}  {self._val_ppl(trainer)}{eta}",
             final=False,
         )
 
@@ -192,7 +192,7 @@ class ProgressLines(ProgressBar):
             val = f"  val loss {float(metrics['val/loss']):.4f}  {self._val_ppl(trainer)}"
         self._write(
             f"{self._epoch_label(trainer)} done in {_duration(time.perf_counter() - self._start)}"
-            f"  train loss {self._loss_sum / self._batches:.4f}{val}",
+            f"  train loss {float(self._loss_sum) / self._batches:.4f}{val}",
             final=True,
         )
 

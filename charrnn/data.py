@@ -53,8 +53,20 @@ def split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int,
     return n - n_val - n_test, n_val, n_test
 
 
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def _whole_batch(batch: Batch) -> Batch:
+    """collate_fn for datasets whose __getitems__ already returns the stacked batch."""
+    return batch
+
+
 class TrainWindows(Dataset):
-    """Indexed by start position: `seq_length` inputs and the same characters shifted by one."""
+    """Indexed by start position: `seq_length` inputs and the same characters shifted by one.
+
+    The DataLoader fetches a whole batch with one gather (`__getitems__`) instead of one slice
+    per window and a stack: 64 Python calls per step fewer.
+    """
 
     def __init__(self, data: torch.Tensor, seq_length: int) -> None:
         self.data = data
@@ -63,9 +75,14 @@ class TrainWindows(Dataset):
     def __len__(self) -> int:
         return (len(self.data) - 1) // self.seq_length
 
-    def __getitem__(self, start: int) -> tuple[torch.Tensor, torch.Tensor]:
-        chunk = self.data[start : start + self.seq_length + 1].long()
-        return chunk[:-1], chunk[1:]
+    def __getitem__(self, start: int) -> Batch:
+        x, y = self.__getitems__([start])
+        return x[0], y[0]
+
+    def __getitems__(self, starts: list[int]) -> Batch:
+        positions = torch.tensor(starts)[:, None] + torch.arange(self.seq_length + 1)
+        chunk = self.data[positions].long()  # (B, seq_length + 1)
+        return chunk[:, :-1], chunk[:, 1:]
 
 
 class WindowSampler(Sampler[int]):
@@ -134,16 +151,21 @@ class EvalWindows(Dataset):
     def __len__(self) -> int:
         return self.windows_per_stream * self.streams
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        stream, window = i % self.streams, i // self.streams
-        stream_start = self.start + stream * self.stream_len
-        a = stream_start + window * self.seq_length  # position of the first target
-        b = min(a + self.seq_length, stream_start + self.stream_len, self.end)
-        x = torch.zeros(self.seq_length, dtype=torch.long)
-        y = torch.full((self.seq_length,), IGNORE_INDEX, dtype=torch.long)
-        if b > a:
-            x[: b - a] = self.data[a - 1 : b - 1]
-            y[: b - a] = self.data[a:b]
+    def __getitem__(self, i: int) -> Batch:
+        x, y = self.__getitems__([i])
+        return x[0], y[0]
+
+    def __getitems__(self, indices: list[int]) -> Batch:
+        """Windows `indices`, stacked: (B, seq_length) inputs and targets, one gather each."""
+        i = torch.tensor(indices)
+        stream_start = self.start + (i % self.streams) * self.stream_len
+        first = stream_start + (i // self.streams) * self.seq_length  # first target's position
+        stop = (stream_start + self.stream_len).clamp(max=self.end)  # end of the stream
+        positions = first[:, None] + torch.arange(self.seq_length)  # (B, seq_length)
+        valid = positions < stop[:, None]
+        positions = positions.clamp(max=self.end - 1)  # padding reads a real character
+        x = self.data[positions - 1].long().masked_fill_(~valid, 0)
+        y = self.data[positions].long().masked_fill_(~valid, IGNORE_INDEX)
         return x, y
 
 
@@ -241,12 +263,14 @@ class CharDataModule(L.LightningDataModule):
                 f"{self.n_train} characters. Lower data.batch_size or data.seq_length."
             )
         windows = TrainWindows(self.data[: self.n_train], self.seq_length)
-        return DataLoader(windows, batch_size=self.batch_size, sampler=sampler)
+        return DataLoader(windows, batch_size=self.batch_size, sampler=sampler,
+                          collate_fn=_whole_batch)
 
     def _eval_loader(self, start: int, end: int) -> DataLoader:
         streams = min(self.eval_batch_size, end - start) if self.contiguous_batches else 1
         windows = EvalWindows(self.data, start, end, self.seq_length, streams=streams)
-        return DataLoader(windows, batch_size=self.eval_batch_size if streams == 1 else streams)
+        return DataLoader(windows, batch_size=self.eval_batch_size if streams == 1 else streams,
+                          collate_fn=_whole_batch)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.n_train, self.n_train + self.n_val)

@@ -86,20 +86,42 @@ class GradientMonitor(Callback):
     checkpoint of the diverged weights is written and the last good one stays.
     """
 
-    def __init__(self, max_loss_ratio: float = 3.0) -> None:
+    def __init__(self, max_loss_ratio: float = 3.0, check_every_n_steps: int = 20) -> None:
         self.max_loss_ratio = max_loss_ratio
-        self._norms: list[float] = []
+        # Reading a GPU tensor waits for the GPU: the step's values are kept as tensors and
+        # checked together every few steps (and always before validation and the epoch's end).
+        self.check_every_n_steps = check_every_n_steps
+        self._norms: list[torch.Tensor] = []
+        self._pending: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._norms = []
+        self._norms, self._pending = [], []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = float(outputs["loss"])
-        norm = float(pl_module.last_grad_norm) if pl_module.last_grad_norm is not None else 0.0
+        loss = outputs["loss"].detach()
+        norm = pl_module.last_grad_norm
+        norm = torch.zeros((), device=loss.device) if norm is None else norm.detach()
         self._norms.append(norm)
-        limit = self.max_loss_ratio * math.log(len(pl_module.hparams.vocab))
-        if math.isfinite(loss) and math.isfinite(norm) and loss <= limit:
+        self._pending.append((trainer.global_step, trainer.current_epoch, loss, norm))
+        if len(self._pending) >= self.check_every_n_steps:
+            self._check(trainer, pl_module)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._check(trainer, pl_module)  # before a checkpoint of diverged weights is written
+
+    def _check(self, trainer, pl_module) -> None:
+        if not self._pending:
             return
+        pending, self._pending = self._pending, []
+        values = torch.stack([torch.stack([loss.float(), norm.float()])
+                              for _, _, loss, norm in pending]).cpu()  # one sync
+        limit = self.max_loss_ratio * math.log(len(pl_module.hparams.vocab))
+        bad = ~(values.isfinite().all(dim=1) & (values[:, 0] <= limit))
+        if not bad.any():
+            return
+        first = int(bad.nonzero()[0])
+        step, epoch, _, _ = pending[first]
+        loss, norm = values[first].tolist()
         clip = trainer.gradient_clip_val
         advice = (
             "Gradient clipping is off (trainer.gradient_clip_val=null): turn it on, e.g. "
@@ -114,16 +136,17 @@ class GradientMonitor(Callback):
             if saved else " No checkpoint had been written yet."
         )
         raise TrainingDiverged(
-            f"training diverged at step {trainer.global_step} (epoch {trainer.current_epoch + 1}):"
-            f" train loss {loss:.4g}, gradient norm before clipping {norm:.4g} (the limit is a "
-            f"finite loss below {limit:.3g} = {self.max_loss_ratio} x ln(vocabulary size); "
+            f"training diverged at step {step} (epoch {epoch + 1}): train loss {loss:.4g}, "
+            f"gradient norm before clipping {norm:.4g} (the limit is a finite loss below "
+            f"{limit:.3g} = {self.max_loss_ratio} x ln(vocabulary size); "
             f"gradients.max_loss_ratio). {advice}{kept}"
         )
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._check(trainer, pl_module)
         if not self._norms:
             return
-        norms = torch.tensor(self._norms)
+        norms = torch.stack(self._norms).float().cpu()
         clip = trainer.gradient_clip_val
         if clip:
             pl_module.log("train/clipped_fraction", (norms > clip).float().mean())

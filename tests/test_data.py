@@ -76,6 +76,41 @@ def test_eval_windows_cover_every_character_once():
     assert torch.equal(x[:25], torch.arange(39, 64))  # each input is the previous character
 
 
+@pytest.mark.parametrize("streams", [1, 3])
+def test_batched_eval_windows_match_window_by_window_slicing(streams):
+    # The reference: each window cut on its own, the way the definition reads.
+    data = torch.randint(0, 60, (300,), dtype=torch.uint8)
+    start, end, L = 101, 243, 7
+    windows = EvalWindows(data, start, end, L, streams=streams)
+    stream_len = -(-(end - start) // streams)
+    for i in range(len(windows)):
+        s0 = start + (i % streams) * stream_len
+        a = s0 + (i // streams) * L
+        b = min(a + L, s0 + stream_len, end)
+        x = torch.zeros(L, dtype=torch.long)
+        y = torch.full((L,), IGNORE_INDEX, dtype=torch.long)
+        if b > a:
+            x[: b - a], y[: b - a] = data[a - 1 : b - 1], data[a:b]
+        got_x, got_y = windows[i]
+        assert torch.equal(got_x, x) and torch.equal(got_y, y), i
+    batch_x, batch_y = windows.__getitems__(list(range(len(windows))))
+    assert torch.equal(batch_x, torch.stack([windows[i][0] for i in range(len(windows))]))
+    assert torch.equal(batch_y, torch.stack([windows[i][1] for i in range(len(windows))]))
+
+
+def test_train_loader_batches_are_the_sampled_windows(tmp_path: Path):
+    (tmp_path / "c.txt").write_text("".join(chr(97 + i % 26) for i in range(3000)))
+    dm = CharDataModule(path=str(tmp_path / "c.txt"), seq_length=10, batch_size=8)
+    dm.setup()
+    loader = dm.train_dataloader()
+    starts = list(loader.sampler)[:8]
+    x, y = next(iter(loader))
+    assert x.shape == y.shape == (8, 10) and x.dtype == torch.long
+    for row, s in enumerate(starts):
+        assert torch.equal(x[row], dm.data[s : s + 10].long())
+        assert torch.equal(y[row], dm.data[s + 1 : s + 11].long())
+
+
 def test_shuffle_depends_on_seed_and_epoch_only():
     a, b = WindowSampler(501, 10, seed=1), WindowSampler(501, 10, seed=1)
     first = list(a)

@@ -57,13 +57,27 @@ def test_clipped_fraction_on_a_constructed_case():
         hparams=SimpleNamespace(vocab="abcd"), last_grad_norm=None,
         log=lambda name, value, **kw: logged.__setitem__(name, float(value)),
     )
-    trainer = SimpleNamespace(gradient_clip_val=5.0, logger=None, global_step=0)
+    trainer = SimpleNamespace(gradient_clip_val=5.0, logger=None, global_step=0, current_epoch=0)
     monitor.on_train_epoch_start(trainer, module)
     for norm in (1.0, 7.0, 4.99, 5.0, 12.0):  # 2 of 5 above the threshold (5.0 is not above)
         module.last_grad_norm = torch.tensor(norm)
         monitor.on_train_batch_end(trainer, module, {"loss": torch.tensor(1.0)}, None, 0)
     monitor.on_train_epoch_end(trainer, module)
     assert logged["train/clipped_fraction"] == pytest.approx(0.4)
+
+
+def test_divergence_found_in_a_group_names_its_own_step_and_stops_before_validation():
+    monitor = GradientMonitor(check_every_n_steps=10)
+    module = SimpleNamespace(hparams=SimpleNamespace(vocab="abcd"), last_grad_norm=None)
+    trainer = SimpleNamespace(gradient_clip_val=5.0, logger=None, global_step=0, current_epoch=0,
+                              checkpoint_callbacks=[])
+    monitor.on_train_epoch_start(trainer, module)
+    for step, loss in enumerate([1.0, 1.2, math.nan, 1.1], start=1):
+        trainer.global_step = step
+        module.last_grad_norm = torch.tensor(1.0)
+        monitor.on_train_batch_end(trainer, module, {"loss": torch.tensor(loss)}, None, 0)
+    with pytest.raises(TrainingDiverged, match="diverged at step 3 .*train loss nan"):
+        monitor.on_validation_start(trainer, module)
 
 
 def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tiny_cfg, tmp_path):
