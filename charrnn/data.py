@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from charrnn.cache import cached_corpus
+from charrnn.cache import MappedGather, cached_corpus_array
 from charrnn.errors import CharRNNError, check_positive_int
 from charrnn.vocab import CharVocab, read_text
 
@@ -68,9 +69,11 @@ class TrainWindows(Dataset):
     per window and a stack: 64 Python calls per step fewer.
     """
 
-    def __init__(self, data: torch.Tensor, seq_length: int) -> None:
+    def __init__(self, data: torch.Tensor, seq_length: int,
+                 gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.data = data
         self.seq_length = seq_length
+        self.gather = gather or data.__getitem__  # data[positions]; MappedGather when mapped
 
     def __len__(self) -> int:
         return (len(self.data) - 1) // self.seq_length
@@ -81,7 +84,7 @@ class TrainWindows(Dataset):
 
     def __getitems__(self, starts: list[int]) -> Batch:
         positions = torch.tensor(starts)[:, None] + torch.arange(self.seq_length + 1)
-        chunk = self.data[positions].long()  # (B, seq_length + 1)
+        chunk = self.gather(positions).long()  # (B, seq_length + 1)
         return chunk[:, :-1], chunk[:, 1:]
 
 
@@ -141,9 +144,11 @@ class EvalWindows(Dataset):
     """
 
     def __init__(self, data: torch.Tensor, start: int, end: int, seq_length: int,
-                 streams: int = 1) -> None:
+                 streams: int = 1,
+                 gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         assert start >= 1 and end > start
         self.data, self.start, self.end = data, start, end
+        self.gather = gather or data.__getitem__  # data[positions]; MappedGather when mapped
         self.seq_length, self.streams = seq_length, streams
         self.stream_len = -(-(end - start) // streams)
         self.windows_per_stream = -(-self.stream_len // seq_length)
@@ -161,11 +166,12 @@ class EvalWindows(Dataset):
         stream_start = self.start + (i % self.streams) * self.stream_len
         first = stream_start + (i // self.streams) * self.seq_length  # first target's position
         stop = (stream_start + self.stream_len).clamp(max=self.end)  # end of the stream
-        positions = first[:, None] + torch.arange(self.seq_length)  # (B, seq_length)
-        valid = positions < stop[:, None]
-        positions = positions.clamp(max=self.end - 1)  # padding reads a real character
-        x = self.data[positions - 1].long().masked_fill_(~valid, 0)
-        y = self.data[positions].long().masked_fill_(~valid, IGNORE_INDEX)
+        # From the character before the first target: inputs are [:-1], targets [1:].
+        positions = first[:, None] - 1 + torch.arange(self.seq_length + 1)  # (B, seq_length + 1)
+        valid = positions[:, 1:] < stop[:, None]
+        chunk = self.gather(positions.clamp(max=self.end - 1)).long()  # padding: any character
+        x = chunk[:, :-1].masked_fill(~valid, 0)
+        y = chunk[:, 1:].masked_fill(~valid, IGNORE_INDEX)
         return x, y
 
 
@@ -180,7 +186,7 @@ class CharDataModule(L.LightningDataModule):
         test_fraction: float = 0.1,
         seq_length: int = 100,
         batch_size: int = 64,
-        eval_batch_size: int = 256,
+        eval_batch_size: int = 128,
         seed: int = 0,
         random_offset: bool = False,
         contiguous_batches: bool = False,
@@ -218,6 +224,7 @@ class CharDataModule(L.LightningDataModule):
         self.memmap = memmap
         self.vocab: CharVocab | None = None
         self.data: torch.Tensor | None = None
+        self._gather = None  # reads windows of a memory-mapped corpus (data.memmap=true)
 
     @property
     def corpus_path(self) -> Path:
@@ -233,7 +240,9 @@ class CharDataModule(L.LightningDataModule):
         if self.data is not None:  # idempotent: train.py sets up early to learn the vocabulary
             return
         if self.memmap:
-            vocab, data = cached_corpus(self.corpus_path, self.cache_dir)
+            vocab, tokens = cached_corpus_array(self.corpus_path, self.cache_dir)
+            self._gather = MappedGather(tokens)
+            data = self._gather.data
         else:
             text = read_text(self.corpus_path)
             vocab = CharVocab.from_text(text)
@@ -262,13 +271,13 @@ class CharDataModule(L.LightningDataModule):
                 f"training windows of {self.seq_length} characters; the training split has "
                 f"{self.n_train} characters. Lower data.batch_size or data.seq_length."
             )
-        windows = TrainWindows(self.data[: self.n_train], self.seq_length)
+        windows = TrainWindows(self.data[: self.n_train], self.seq_length, self._gather)
         return DataLoader(windows, batch_size=self.batch_size, sampler=sampler,
                           collate_fn=_whole_batch)
 
     def _eval_loader(self, start: int, end: int) -> DataLoader:
         streams = min(self.eval_batch_size, end - start) if self.contiguous_batches else 1
-        windows = EvalWindows(self.data, start, end, self.seq_length, streams=streams)
+        windows = EvalWindows(self.data, start, end, self.seq_length, streams, self._gather)
         return DataLoader(windows, batch_size=self.eval_batch_size if streams == 1 else streams,
                           collate_fn=_whole_batch)
 

@@ -64,3 +64,29 @@ def test_datamodule_with_memmap_gives_the_same_batches(corpus, tmp_path):
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     for a, b in zip(plain.train_dataloader(), mapped.train_dataloader()):
         assert torch.equal(a[0], b[0])
+
+
+def _rss_file_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) / 1024
+    pytest.skip("no RssFile in /proc/self/status")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="Linux /proc only")
+def test_reading_mapped_windows_leaves_no_file_pages_resident(tmp_path):
+    # 24 MB of text; ~1000 random windows would map most of it without the release.
+    path = tmp_path / "big.txt"
+    line = "".join(chr(97 + i % 26) for i in range(999)) + "\n"
+    path.write_text(line * 24_000)
+    dm = CharDataModule(path=str(path), seq_length=100, batch_size=64, memmap=True,
+                        cache_dir=str(tmp_path / "cache"))
+    dm.setup()
+    loader = iter(dm.train_dataloader())
+    before = _rss_file_mb()
+    batches = [next(loader) for _ in range(16)]
+    assert _rss_file_mb() - before < 6  # a block or two mapped at a time, not the 24 MB
+    x, y = batches[0]
+    starts = list(dm.train_dataloader().sampler)[:64]
+    assert torch.equal(x[5], dm.data[starts[5] : starts[5] + 100].long())
+    assert torch.equal(y[5], dm.data[starts[5] + 1 : starts[5] + 101].long())
