@@ -120,7 +120,8 @@ class MappedGather:
     def __init__(self, tokens: np.ndarray) -> None:
         self.data = torch.from_numpy(tokens)
         base = tokens.base.obj if isinstance(tokens.base, memoryview) else tokens.base
-        self._mmap = base if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED") else None
+        releasable = isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED")
+        self._mmap = base if releasable else None
         self._itemsize = tokens.itemsize
         self._size = len(tokens) * tokens.itemsize
 
