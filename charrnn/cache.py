@@ -84,14 +84,11 @@ def _build(path: Path, folder: Path) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     partial = folder / f"tokens.bin.partial-{os.getpid()}"
-    tokens = np.memmap(partial, dtype=np_dtype, mode="w+", shape=(n,))
-    i = 0
-    for chunk in iter_text_chunks(path):
-        codepoints = _codepoints(chunk)
-        tokens[i : i + len(codepoints)] = table[codepoints]
-        i += len(codepoints)
-    tokens.flush()
-    del tokens
+    # Plain writes, not a writable mapping: written pages of a mapping count as this process's
+    # memory until the end (the encoding's peak RSS grew with the corpus that way).
+    with open(partial, "wb") as f:
+        for chunk in iter_text_chunks(path):
+            f.write(table[_codepoints(chunk)].tobytes())
     os.replace(partial, folder / "tokens.bin")
     # meta.json is written last: a cache without it (an interrupted build) is never used.
     meta = {**_stamp(path), "vocab": vocab.chars, "dtype": np_dtype.name, "length": n}
