@@ -1,6 +1,7 @@
 """End to end: the real configs, real training steps on tiny corpora, the real entry point."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from charrnn.errors import CharRNNError
+from charrnn.report import read_scalars
 from charrnn.training import train
 from tests.conftest import TINY, make_corpus, run_script
 
@@ -46,6 +48,8 @@ def test_run_writes_checkpoints_metrics_and_tensorboard(tiny_cfg, tmp_path):
     logged = scalars(run)
     steps = len(logged["train/loss"])
     assert steps >= 2 and len(logged["train/grad_norm"]) == steps  # every step
+    assert [step for step, _ in read_scalars(run)["train/loss"]] == list(range(steps))  # from 0
+    assert all(math.isfinite(v) and v > 0 for v in logged["train/grad_norm"])
     assert len(logged["val/ppl"]) == 2 and len(logged["test/ppl"]) == 1
     assert logged["test/ppl"][0] == pytest.approx(metrics["test_ppl"], rel=1e-5)
     assert "train/chars_per_s" in logged
