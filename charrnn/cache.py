@@ -137,7 +137,7 @@ class MappedGather:
 
 
 def cached_corpus_array(path: str | Path, cache_dir: str | Path) -> tuple[CharVocab, np.ndarray]:
-    """cached_corpus's numpy form: the array keeps its mapping (for release_pages)."""
+    """cached_corpus's numpy form: the array keeps its mapping (for MappedGather)."""
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise missing_corpus_error(path)
