@@ -71,13 +71,14 @@ class SpeedMonitor(Callback):
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
                                 dataloader_idx=0) -> None:
-        self._val_chars += int((batch[1] != IGNORE_INDEX).sum())
+        # A tensor on the batch's device until the epoch ends: no GPU wait per batch.
+        self._val_chars = self._val_chars + (batch[1] != IGNORE_INDEX).sum()
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         _sync(pl_module)
         seconds = time.perf_counter() - self._val_start
         if seconds > 0 and not trainer.sanity_checking:
-            pl_module.log("val/chars_per_s", self._val_chars / seconds)
+            pl_module.log("val/chars_per_s", int(self._val_chars) / seconds)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         self._val_seconds += time.perf_counter() - self._val_start
