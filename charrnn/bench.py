@@ -11,8 +11,11 @@ process of their own, which also gives each its own peak memory (max RSS).
 
 train:  (a) a plain PyTorch loop of the default recipe, written below as the baseline;
         (b) the project's real Lightning path with the same configuration, as a user runs it
-            (progress display, per-step logging, gradient norms, diagnostics at defaults);
-        (b0) the same with the vanishing-gradient diagnostic off (its cost: b / b0);
+            (progress display, per-step logging, gradient norms, diagnostics at defaults; on a
+            CPU the fused RNN kernel of charrnn.recurrence, model.kernel=auto);
+        (bt) (b) with model.kernel=torch, i.e. nn.RNN's own forward as in (a): bt / a is what
+            Lightning, logging and diagnostics cost, like for like;
+        (b0) (b) with the vanishing-gradient diagnostic off (its cost: b / b0);
         (c) the fast path: (b) with trainer.precision=bf16-mixed;
         and validation characters/s of (b). All on --device (auto: the GPU when there is one,
         as train.py does); generation always runs on the CPU, where generate.py runs.
@@ -295,6 +298,8 @@ WORKERS = {
         a.corpus, a.hidden_size, a.train_steps, a.repeats, "bf16", a.device),
     "lightning_fp32": lambda a: lightning_path(
         a.corpus, a.hidden_size, a.train_steps, a.repeats, [], a.device),
+    "lightning_fp32_torch_kernel": lambda a: lightning_path(
+        a.corpus, a.hidden_size, a.train_steps, a.repeats, ["model.kernel=torch"], a.device),
     "lightning_fp32_no_diag": lambda a: lightning_path(
         a.corpus, a.hidden_size, a.train_steps, a.repeats, ["vanishing.every_n_steps=0"],
         a.device),
@@ -304,8 +309,8 @@ WORKERS = {
     "corpus_encode": lambda a: corpus_encode(a.corpus, a.cache_dir),
     "corpus_train": lambda a: corpus_train(a.corpus, a.cache_dir, a.hidden_size, 20),
 }
-TRAIN_WORKERS = ("plain_fp32", "plain_bf16", "lightning_fp32", "lightning_fp32_no_diag",
-                 "lightning_bf16")
+TRAIN_WORKERS = ("plain_fp32", "plain_bf16", "lightning_fp32", "lightning_fp32_torch_kernel",
+                 "lightning_fp32_no_diag", "lightning_bf16")
 
 
 def bench_train(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
@@ -327,11 +332,15 @@ def bench_train(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
     results = {
         "train_a_plain_fp32_chars_per_s": r["plain_fp32"]["chars_per_s"],
         "train_b_lightning_fp32_chars_per_s": r["lightning_fp32"]["chars_per_s"],
+        "train_bt_lightning_fp32_nn_rnn_chars_per_s":
+            r["lightning_fp32_torch_kernel"]["chars_per_s"],
         "train_b0_lightning_fp32_no_diagnostics_chars_per_s":
             r["lightning_fp32_no_diag"]["chars_per_s"],
         "train_c_lightning_bf16_chars_per_s": r["lightning_bf16"]["chars_per_s"],
         "train_plain_bf16_chars_per_s": r["plain_bf16"]["chars_per_s"],
         "ratio_b_over_a": r["lightning_fp32"]["chars_per_s"] / r["plain_fp32"]["chars_per_s"],
+        "ratio_bt_over_a_overhead": r["lightning_fp32_torch_kernel"]["chars_per_s"]
+        / r["plain_fp32"]["chars_per_s"],
         "ratio_c_over_a": r["lightning_bf16"]["chars_per_s"] / r["plain_fp32"]["chars_per_s"],
         "ratio_b_over_b0_diagnostics_cost": r["lightning_fp32"]["chars_per_s"]
         / r["lightning_fp32_no_diag"]["chars_per_s"],

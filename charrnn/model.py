@@ -7,9 +7,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from charrnn.errors import CharRNNError, check_positive_int
+from charrnn.recurrence import rnn_tanh
 
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 INPUTS = ("onehot", "embedding")
+# Which code computes a vanilla RNN: torch = nn.RNN's own forward; fused = charrnn.recurrence
+# (same parameters and function, faster on a CPU); auto = fused on a CPU, torch (cuDNN) on a GPU.
+KERNELS = ("auto", "torch", "fused")
 
 # The recurrent state: a tensor (num_layers, B, H), or (h, c) for an LSTM.
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
@@ -27,6 +31,7 @@ class CharRNN(nn.Module):
         input: str = "onehot",
         embedding_dim: int | None = None,
         dropout: float = 0.0,
+        kernel: str = "auto",
     ) -> None:
         super().__init__()
         check_positive_int("model.hidden_size", hidden_size, "conf/model/")
@@ -46,10 +51,17 @@ class CharRNN(nn.Module):
                 "model.input=embedding needs a positive model.embedding_dim, got "
                 f"{embedding_dim!r} (e.g. `model.embedding_dim=64`)."
             )
+        if kernel not in KERNELS or (kernel == "fused" and cell != "rnn"):
+            raise CharRNNError(
+                f"model.kernel={kernel!r} with model.cell={cell!r}: allowed values are "
+                f"{', '.join(KERNELS)}, and fused only with model.cell=rnn "
+                "(set model.kernel on the command line or in conf/model/)."
+            )
         if not 0 <= dropout < 1:
             raise CharRNNError(f"model.dropout must lie in [0, 1), got {dropout!r}.")
         self.vocab_size = vocab_size
         self.input = input
+        self.kernel = kernel
         self.embedding = nn.Embedding(vocab_size, embedding_dim) if input == "embedding" else None
         input_size = embedding_dim if input == "embedding" else vocab_size
         # nn.RNN's own dropout acts only between stacked layers; a second Dropout sits before the
@@ -61,8 +73,20 @@ class CharRNN(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden_size, vocab_size)
 
+    def uses_fused_kernel(self) -> bool:
+        if self.kernel == "auto":
+            return isinstance(self.rnn, nn.RNN) and self.head.weight.device.type == "cpu"
+        return self.kernel == "fused"
+
     def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """x: (B, T) character indices -> logits (B, T, V) and the final recurrent state."""
+        if self.uses_fused_kernel():
+            # Time-major inside: every step's slice (B, H) is contiguous.
+            if self.embedding is not None:
+                out, state = rnn_tanh(self.rnn, self.embedding(x.t()), state, onehot=False)
+            else:
+                out, state = rnn_tanh(self.rnn, x.t(), state, onehot=True)
+            return self.head(self.dropout(out)).transpose(0, 1), state
         if self.embedding is not None:
             inputs = self.embedding(x)  # (B, T, E)
         else:

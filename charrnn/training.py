@@ -52,9 +52,11 @@ def _check_resumable(ckpt: dict[str, Any], path: Path, dm: CharDataModule, model
             f"only in the checkpoint: {''.join(sorted(old - new))!r}, only in the corpus: "
             f"{''.join(sorted(new - old))!r}). Resume with the data.path of the original run."
         )
-    if hparams.get("model") != model_cfg:
-        diff = {k: (hparams["model"].get(k), v) for k, v in model_cfg.items()
-                if hparams["model"].get(k) != v}
+    # model.kernel picks the code that computes the same function: any value resumes any run.
+    saved = {k: v for k, v in (hparams.get("model") or {}).items() if k != "kernel"}
+    wanted = {k: v for k, v in model_cfg.items() if k != "kernel"}
+    if saved != wanted:
+        diff = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
         raise CharRNNError(
             f"checkpoint {path} holds a model built with other settings: "
             + ", ".join(f"model.{k}={old!r} (config says {new!r})"

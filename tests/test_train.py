@@ -135,6 +135,9 @@ def test_bad_checkpoints_and_vocab_mismatch(tiny_cfg, tmp_path):
         train(tiny_cfg(f"data.path={other}", f"ckpt_path={tmp_path / 'run'}"))
     with pytest.raises(CharRNNError, match=r"model.hidden_size=16 \(config says 32\)"):
         train(tiny_cfg("model.hidden_size=32", f"ckpt_path={tmp_path / 'run'}"))
+    # model.kernel only picks the code for the same function: a run resumes under any value.
+    train(tiny_cfg("model.kernel=torch", f"ckpt_path={tmp_path / 'run'}"))
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
 
 
 def test_last_checkpoint_follows_every_epoch_even_without_improvement(tiny_cfg, tmp_path):
