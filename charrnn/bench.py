@@ -1,7 +1,7 @@
 """Benchmarks, measured in one run so that ratios compare like with like on a noisy machine.
 
     python -m charrnn.bench                  # training and generation, default sizes
-    python -m charrnn.bench --only train     # one group: train | generate | corpus
+    python -m charrnn.bench --only train     # one group: train | kernel | generate | corpus
     python -m charrnn.bench --tiny           # seconds: a smoke test of the harness itself
     python -m charrnn.bench --device cpu     # train on the CPU even when a GPU is present
 
@@ -19,6 +19,8 @@ train:  (a) a plain PyTorch loop of the default recipe, written below as the bas
         (c) the fast path: (b) with trainer.precision=bf16-mixed;
         and validation characters/s of (b). All on --device (auto: the GPU when there is one,
         as train.py does); generation always runs on the CPU, where generate.py runs.
+kernel: forward + backward of the model alone, model.kernel=torch (nn.RNN) against fused, fp32
+        and bf16, alternating in one process (on the CPU).
 corpus: encoding time and peak memory of the memory-mapped corpus cache at growing sizes
         (not in the default set: it writes a few hundred MB to a temporary folder).
 """
@@ -222,6 +224,32 @@ def lightning_path(corpus: Path, hidden_size: int, steps: int, repeats: int,
             "val_chars_per_s": statistics.median(val_speeds), **peak_memory_mb(device)}
 
 
+def bench_kernel(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
+    """Milliseconds per forward + backward of the default model (batch 64 x 100) for each kernel,
+    the kernels alternating so that both see the same spells of a shared machine."""
+    torch.manual_seed(0)
+    batch, length = (4, 10) if args.tiny else (64, 100)
+    model = CharRNN(65, hidden_size=args.hidden_size)
+    x, y = torch.randint(65, (batch, length)), torch.randint(65, (batch, length))
+    results: dict[str, float] = {}
+    for precision in ("fp32", "bf16"):
+        times: dict[str, list[float]] = {"torch": [], "fused": []}
+        for i in range(2 + 5 * args.repeats):  # the first two rounds warm up
+            for kernel, spent in times.items():
+                model.kernel = kernel
+                start = time.perf_counter()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    logits, _ = model(x)
+                F.cross_entropy(logits.flatten(0, 1).float(), y.flatten()).backward()
+                if i >= 2:
+                    spent.append(time.perf_counter() - start)
+        for kernel, spent in times.items():
+            results[f"kernel_{kernel}_{precision}_ms"] = 1000 * statistics.median(spent)
+        results[f"kernel_speedup_{precision}"] = (results[f"kernel_torch_{precision}_ms"]
+                                                  / results[f"kernel_fused_{precision}_ms"])
+    return results
+
+
 def corpus_encode(corpus: Path, cache_dir: Path) -> dict[str, float]:
     """Build the memory-mapped cache of `corpus` (from scratch): seconds and peak memory."""
     from charrnn.cache import cached_corpus
@@ -361,8 +389,9 @@ def bench_train(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
     return results
 
 
-GROUPS = {"train": bench_train, "generate": bench_generate, "corpus": bench_corpus}
-DEFAULT_GROUPS = ("train", "generate")
+GROUPS = {"train": bench_train, "kernel": bench_kernel, "generate": bench_generate,
+          "corpus": bench_corpus}
+DEFAULT_GROUPS = ("train", "kernel", "generate")
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

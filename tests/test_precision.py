@@ -30,8 +30,10 @@ def test_auto_precision(monkeypatch):
 
 
 def test_benchmark_harness_end_to_end_tiny(tmp_path):
-    results = bench(["--tiny", "--only", "train", "--json", str(tmp_path / "bench.json")])
+    results = bench(["--tiny", "--only", "train", "--only", "kernel",
+                     "--json", str(tmp_path / "bench.json")])
     assert results["ratio_b_over_a"] > 0 and results["ratio_c_over_a"] > 0
+    assert results["ratio_bt_over_a_overhead"] > 0 and results["kernel_speedup_bf16"] > 0
     assert results["val_chars_per_s_fp32"] > 0 and results["peak_rss_mb_lightning_fp32"] > 0
     report = json.loads((tmp_path / "bench.json").read_text())
     assert report["results"] == results and "torch" in report["machine"]
