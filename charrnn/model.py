@@ -79,7 +79,12 @@ class CharRNN(nn.Module):
         return self.kernel == "fused"
 
     def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        """x: (B, T) character indices -> logits (B, T, V) and the final recurrent state."""
+        """x: (B, T) character indices -> logits (B, T, V) and the final recurrent state.
+
+        Under bf16 autocast the head runs in bf16 too (the loss is taken in fp32): keeping it in
+        fp32 cost 20% of the fast path's step time and did not help the final test perplexity
+        (README, Performance).
+        """
         if self.uses_fused_kernel():
             # Time-major inside: every step's slice (B, H) is contiguous.
             if self.embedding is not None:
@@ -92,7 +97,4 @@ class CharRNN(nn.Module):
         else:
             inputs = F.one_hot(x, self.vocab_size).to(self.head.weight.dtype)  # (B, T, V)
         out, state = self.rnn(inputs, state)  # (B, T, H)
-        # Under bf16 autocast the head runs in bf16 too (the loss is taken in fp32): keeping it
-        # in fp32 cost 20% of the fast path's step time and did not help the final test
-        # perplexity (README, Performance).
         return self.head(self.dropout(out)), state

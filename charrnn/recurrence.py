@@ -16,6 +16,12 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 
+def layer_parameters(rnn: nn.RNN, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """W_ih, W_hh and the two biases summed (nn.RNN adds both at every step) of one layer."""
+    return (getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}"),
+            getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}"))
+
+
 class _TanhRecurrence(torch.autograd.Function):
     """out_t = tanh(a_t + out_{t-1} W_hh^T) with out_{-1} = h0.
 
@@ -84,11 +90,10 @@ def rnn_tanh(rnn: nn.RNN, x: torch.Tensor, state: torch.Tensor | None,
     finals = []
     with torch.autocast(device.type, enabled=False):
         for layer in range(rnn.num_layers):
-            w_ih = getattr(rnn, f"weight_ih_l{layer}")
-            bias = getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}")
+            w_ih, w_hh, bias = layer_parameters(rnn, layer)
+            w_hh = w_hh.to(dtype)
             h0 = (torch.zeros(B, rnn.hidden_size, device=device, dtype=dtype) if state is None
                   else state[layer].to(dtype))
-            w_hh = getattr(rnn, f"weight_hh_l{layer}").to(dtype)
             if layer == 0 and onehot:
                 table = (w_ih.t() + bias).to(dtype)  # one_hot(x) @ W_ih^T = rows of W_ih^T
                 x = _TanhRecurrence.apply(None, x, table, h0, w_hh)

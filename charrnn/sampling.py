@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from charrnn.checkpoints import load_checkpoint
 from charrnn.errors import CharRNNError, check_positive_int
 from charrnn.model import CharRNN, State
+from charrnn.recurrence import layer_parameters
 from charrnn.vocab import CharVocab
 
 
@@ -74,13 +75,12 @@ class _Stepper:
             model.embedding is None and not model.training
         )
         if self.fast:
-            layers = range(rnn.num_layers)
-            w_ih = [getattr(rnn, f"weight_ih_l{i}") for i in layers]
-            bias = [getattr(rnn, f"bias_ih_l{i}") + getattr(rnn, f"bias_hh_l{i}") for i in layers]
-            self.table = (w_ih[0].T + bias[0]).contiguous()  # (V, H): one row per character
-            self.w_ih_t = [w.T.contiguous() for w in w_ih]  # layers above the first
-            self.bias = bias
-            self.w_hh_t = [getattr(rnn, f"weight_hh_l{i}").T.contiguous() for i in layers]
+            params = [layer_parameters(rnn, i) for i in range(rnn.num_layers)]
+            w_ih, _, bias = params[0]
+            self.table = (w_ih.T + bias).contiguous()  # (V, H): one row per character
+            self.w_ih_t = [w.T.contiguous() for w, _, _ in params]  # layers above the first
+            self.bias = [b for _, _, b in params]
+            self.w_hh_t = [w.T.contiguous() for _, w, _ in params]
             self.w_head_t = model.head.weight.T.contiguous()
 
     def __call__(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
