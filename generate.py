@@ -1,6 +1,7 @@
 """Generate text from a checkpoint: `python generate.py ckpt_path=<run folder or .ckpt>`."""
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -11,10 +12,18 @@ from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from charrnn.checkpoints import register_resolvers, resolve_checkpoint
+from charrnn.checkpoints import (
+    ERROR_FILE,
+    METRICS_FILE,
+    register_resolvers,
+    resolve_checkpoint,
+    run_folder_of,
+)
+from charrnn.dynamic import check_dynamic_args
 from charrnn.errors import CharRNNError
+from charrnn.model import CharRNN
 from charrnn.sampling import load_model, sample_metrics, sample_text, score_text
-from charrnn.vocab import read_text
+from charrnn.vocab import CharVocab, read_text
 
 register_resolvers()
 
@@ -31,14 +40,9 @@ def generate(cfg: DictConfig, stream=sys.stdout) -> list[str] | dict:
     ckpt = resolve_checkpoint(to_absolute_path(cfg.ckpt_path), "best")
     model, vocab = load_model(ckpt, cfg.device)
     if cfg.mode == "score":
-        if cfg.text_path is None:
-            raise CharRNNError("mode=score needs text_path=<a UTF-8 text file to score>.")
-        result = score_text(model, vocab, read_text(to_absolute_path(cfg.text_path)))
-        if result["unknown_removed"]:
-            print(f"{result['unknown_removed']} characters not in the vocabulary were removed "
-                  f"before scoring: {result['unknown_chars']!r}", file=stream)
-        print(f"perplexity {result['ppl']:.4f} (loss {result['loss']:.4f} nats/char) over "
-              f"{result['characters_scored']:,} characters", file=stream)
+        result = score(cfg, ckpt, model, vocab, stream)
+        if _multirun():
+            keep_job(cfg, {k: result[k] for k in ("ppl", "loss", "characters_scored")})
         return result
 
     prompt = cfg.prompt
@@ -63,14 +67,66 @@ def generate(cfg: DictConfig, stream=sys.stdout) -> list[str] | dict:
     combined = "\n\n".join(texts) + "\n"
     if cfg.output is not None:
         Path(to_absolute_path(cfg.output)).write_text(combined, encoding="utf-8")
-    if HydraConfig.get().mode == RunMode.MULTIRUN:
-        # A study's job keeps its text, its config and what the sweep summary compares.
-        job_dir = Path(HydraConfig.get().runtime.output_dir)
-        (job_dir / "sample.txt").write_text(combined, encoding="utf-8")
-        (job_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        metrics = sample_metrics(model, vocab, samples)
-        (job_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if _multirun():
+        keep_job(cfg, sample_metrics(model, vocab, samples), sample=combined)
     return texts
+
+
+def score(cfg: DictConfig, ckpt: Path, model: CharRNN, vocab: CharVocab, stream) -> dict:
+    """mode=score: perplexity of text_path, or of the checkpoint's run's val/test split."""
+    lr, segment = cfg.dynamic.lr, cfg.dynamic.segment
+    check_dynamic_args(lr, segment)
+    if (cfg.text_path is None) == (cfg.split is None):
+        raise CharRNNError(
+            "mode=score needs text_path=<a UTF-8 text file> or split=val|test (that split of the "
+            "checkpoint's own run), one of the two."
+        )
+    if cfg.split is not None:
+        from charrnn.data import split_text  # imports Lightning: only when a split is scored
+
+        run_dir = run_folder_of(ckpt)
+        if run_dir is None:
+            raise CharRNNError(
+                f"split={cfg.split} needs a checkpoint inside a run folder (<run>/checkpoints/), "
+                f"got {ckpt}. Set ckpt_path to the run folder, or score a file with text_path=."
+            )
+        text, source = split_text(run_dir, cfg.split), f"the {cfg.split} split of {run_dir}"
+    else:
+        text, source = read_text(to_absolute_path(cfg.text_path)), cfg.text_path
+    progress = _progress_lines(segment) if lr > 0 else None  # dynamic evaluation takes a while
+    result = score_text(model, vocab, text, chunk=segment if lr > 0 else 1000, dynamic_lr=lr,
+                        on_progress=progress)
+    if result["unknown_removed"]:
+        print(f"{result['unknown_removed']} characters not in the vocabulary were removed "
+              f"before scoring: {result['unknown_chars']!r}", file=stream)
+    how = f"dynamic evaluation, Adam lr {lr:g} every {segment} characters" if lr > 0 else "static"
+    print(f"perplexity {result['ppl']:.4f} (loss {result['loss']:.4f} nats/char) over "
+          f"{result['characters_scored']:,} characters of {source} ({how})", file=stream)
+    return result
+
+
+def _progress_lines(segment: int):
+    """A progress callback that prints a line to stderr at every tenth of the text scored."""
+
+    def report(done: int, total: int, loss_sum: float) -> None:
+        if done * 10 // total > max(done - segment, 0) * 10 // total:
+            print(f"  {done:,}/{total:,} characters, perplexity so far "
+                  f"{math.exp(loss_sum / done):.4f}", file=sys.stderr, flush=True)
+
+    return report
+
+
+def _multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def keep_job(cfg: DictConfig, metrics: dict, sample: str | None = None) -> None:
+    """A multirun job keeps its config, its metrics (for the sweep summary) and its text."""
+    job_dir = Path(HydraConfig.get().runtime.output_dir)
+    if sample is not None:
+        (job_dir / "sample.txt").write_text(sample, encoding="utf-8")
+    (job_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (job_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="generate")
@@ -82,6 +138,11 @@ def main(cfg: DictConfig) -> None:
         generate(cfg)
     except CharRNNError as err:
         print(f"\nerror: {err}", file=sys.stderr)
+        if _multirun():
+            # A failed job is recorded for the sweep summary; the other jobs go on.
+            job_dir = Path(HydraConfig.get().runtime.output_dir)
+            (job_dir / ERROR_FILE).write_text(f"{err}\n")
+            return
         sys.exit(2)
 
 

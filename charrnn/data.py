@@ -7,6 +7,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from charrnn.cache import MappedGather, cached_corpus_array
@@ -52,6 +53,39 @@ def split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int,
     n_val = int(n * val_fraction)
     n_test = int(n * test_fraction)
     return n - n_val - n_test, n_val, n_test
+
+
+SPLITS = ("val", "test")
+
+
+def split_text(run_dir: Path, split: str) -> str:
+    """The text of a run's val or test split, read from the corpus its config.yaml names.
+
+    The character just before the split comes first (the input of the split's first character),
+    so scoring the result predicts exactly the split's characters, as validation and test do.
+    """
+    if split not in SPLITS:
+        raise CharRNNError(
+            f"split must be val or test (or null to score text_path), got {split!r}."
+        )
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        raise CharRNNError(
+            f"split={split} needs the run's config.yaml to find its corpus and split, and "
+            f"{config} does not exist. Set ckpt_path to the run folder (or a .ckpt inside its "
+            "checkpoints/), or score a file with text_path=... instead."
+        )
+    data = OmegaConf.load(config).data
+    path = Path(data.path).expanduser() if data.path else tinyshakespeare_path(data.cache_dir)
+    if not path.is_file():
+        raise CharRNNError(
+            f"the corpus of the run in {run_dir} is not at {path} (data.path / data.cache_dir in "
+            f"its config.yaml). Put it back there, or score a file with text_path=... instead."
+        )
+    text = read_text(path)
+    n_train, n_val, _ = split_sizes(len(text), data.val_fraction, data.test_fraction)
+    start, end = (n_train, n_train + n_val) if split == "val" else (n_train + n_val, len(text))
+    return text[start - 1 : end]
 
 
 Batch = tuple[torch.Tensor, torch.Tensor]

@@ -21,10 +21,11 @@ from hydra.experimental.callback import Callback as HydraCallback
 
 from charrnn.checkpoints import ERROR_FILE, METRICS_FILE
 
-# Metrics shown first, when present (training sweeps, then generation sweeps).
+# Metrics shown, when present (training sweeps, then generation's sample and score sweeps).
 PREFERRED = ("test_ppl", "best_val_ppl", "best_epoch", "epochs_run", "early_stopped",
-             "train_chars_per_s", "wall_time_s", "parameters", "sample_ppl", "distinct_words")
-PRIMARY = ("test_ppl", "sample_ppl")  # the metric rows are sorted and plotted by
+             "train_chars_per_s", "wall_time_s", "parameters", "sample_ppl", "distinct_words",
+             "ppl", "loss", "characters_scored")
+PRIMARY = ("test_ppl", "sample_ppl", "ppl")  # the metric rows are sorted and plotted by
 SUMMARY_FILES = ("summary.md", "summary.csv", "summary.png")
 
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from charrnn.checkpoints import load_checkpoint
+from charrnn.dynamic import dynamic_loss_sum
 from charrnn.errors import CharRNNError, check_positive_int
 from charrnn.model import CharRNN, State
 from charrnn.recurrence import layer_parameters
@@ -167,24 +168,30 @@ def sample_metrics(model: CharRNN, vocab: CharVocab, samples: list[str]) -> dict
     }
 
 
-@torch.inference_mode()
-def score_text(model: CharRNN, vocab: CharVocab, text: str,
-               chunk: int = 1000) -> dict[str, float | int | str]:
+def score_text(
+    model: CharRNN,
+    vocab: CharVocab,
+    text: str,
+    chunk: int = 1000,
+    dynamic_lr: float = 0.0,
+    on_progress: Callable[[int, int, float], None] | None = None,
+) -> dict[str, float | int | str]:
     """Perplexity of `text` under the model, the state carried across the whole text.
 
-    Characters outside the vocabulary are removed before scoring, and reported.
+    Characters outside the vocabulary are removed before scoring, and reported. With
+    `dynamic_lr` > 0 the score is a dynamic evaluation (charrnn.dynamic): the weights of a copy
+    of the model adapt after every `chunk` characters; 0 keeps them fixed (static evaluation).
     """
     unknown = vocab.unknown(text)
     kept = text.translate({ord(c): None for c in unknown})
     if len(kept) < 2:
         raise CharRNNError("the text needs at least 2 characters in the vocabulary to be scored.")
-    ids = vocab.encode(kept).long().to(model.head.weight.device).unsqueeze(0)  # (1, N)
-    total, state = 0.0, None
-    for i in range(0, ids.shape[1] - 1, chunk):
-        x, y = ids[:, i : i + chunk], ids[:, i + 1 : i + 1 + chunk]
-        logits, state = model(x[:, : y.shape[1]], state)
-        total += F.cross_entropy(logits[0].float(), y[0], reduction="sum").item()
-    n = ids.shape[1] - 1
+    ids = vocab.encode(kept).long().to(model.head.weight.device)  # (N,)
+    if dynamic_lr:
+        total = dynamic_loss_sum(model, ids, dynamic_lr, chunk, on_progress)
+    else:
+        total = _static_loss_sum(model, ids, chunk)
+    n = ids.shape[0] - 1
     return {
         "characters_scored": n,
         "loss": total / n,
@@ -192,3 +199,15 @@ def score_text(model: CharRNN, vocab: CharVocab, text: str,
         "unknown_removed": len(text) - len(kept),
         "unknown_chars": "".join(unknown),
     }
+
+
+@torch.inference_mode()
+def _static_loss_sum(model: CharRNN, ids: torch.Tensor, chunk: int) -> float:
+    """Sum of the cross-entropies of ids[1:], fixed weights; chunks only bound the memory."""
+    ids = ids.unsqueeze(0)  # (1, N)
+    total, state = 0.0, None
+    for i in range(0, ids.shape[1] - 1, chunk):
+        x, y = ids[:, i : i + chunk], ids[:, i + 1 : i + 1 + chunk]
+        logits, state = model(x[:, : y.shape[1]], state)
+        total += F.cross_entropy(logits[0].float(), y[0], reduction="sum").item()
+    return total

@@ -83,7 +83,8 @@ def _run(model: CharRNN, kernel: str, x: torch.Tensor, y: torch.Tensor,
     loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten()) + final.float().pow(2).mean()
     loss.backward()
     grads = [p.grad.clone() for p in model.parameters()]
-    return loss.detach(), logits.detach(), final.detach(), grads + ([state.grad] if state is not None else [])
+    grads += [state.grad] if state is not None else []
+    return loss.detach(), logits.detach(), final.detach(), grads
 
 
 @pytest.mark.parametrize("kwargs", [

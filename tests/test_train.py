@@ -137,7 +137,8 @@ def test_bad_checkpoints_and_vocab_mismatch(tiny_cfg, tmp_path):
         train(tiny_cfg("model.hidden_size=32", f"ckpt_path={tmp_path / 'run'}"))
     # model.kernel only picks the code for the same function: a run resumes under any value.
     train(tiny_cfg("model.kernel=torch", f"ckpt_path={tmp_path / 'run'}"))
-    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 1
 
 
 def test_last_checkpoint_follows_every_epoch_even_without_improvement(tiny_cfg, tmp_path):
