@@ -2,8 +2,8 @@
 
     python -m charrnn.report outputs/multirun/2026-11-27/10-00-00
 
-runs by itself after every `train.py -m` sweep (a Hydra callback), and on demand for any sweep
-folder. Jobs that failed are listed as failed, with their error.
+runs by itself after every `train.py -m` or `generate.py -m` sweep (a Hydra callback), and on
+demand for any sweep folder. Jobs that failed are listed as failed, with their error.
 """
 
 from __future__ import annotations
@@ -201,7 +201,9 @@ def plot_curves(sweep_dir: Path, tags: list[str], out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Summarize a train.py -m sweep folder.")
+    parser = argparse.ArgumentParser(
+        description="Summarize a train.py -m or generate.py -m sweep folder."
+    )
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--curves", nargs="+", metavar="TAG",
                         help="also plot these TensorBoard scalars per step (e.g. train/loss)")
