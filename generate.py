@@ -13,8 +13,8 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from charrnn.checkpoints import (
-    ERROR_FILE,
     METRICS_FILE,
+    record_failure,
     register_resolvers,
     resolve_checkpoint,
     run_folder_of,
@@ -131,7 +131,7 @@ def keep_job(cfg: DictConfig, metrics: dict, sample: str | None = None) -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="generate")
 def main(cfg: DictConfig) -> None:
-    if HydraConfig.get().mode == RunMode.MULTIRUN:
+    if _multirun():
         overrides = " ".join(HydraConfig.get().overrides.task)
         print(f"\n=== {overrides} ===", flush=True)
     try:
@@ -140,8 +140,7 @@ def main(cfg: DictConfig) -> None:
         print(f"\nerror: {err}", file=sys.stderr)
         if _multirun():
             # A failed job is recorded for the sweep summary; the other jobs go on.
-            job_dir = Path(HydraConfig.get().runtime.output_dir)
-            (job_dir / ERROR_FILE).write_text(f"{err}\n")
+            record_failure(Path(HydraConfig.get().runtime.output_dir), err, keep=True)
             return
         sys.exit(2)
 

@@ -10,9 +10,9 @@ from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from charrnn.checkpoints import register_resolvers, run_folder_of
+from charrnn.checkpoints import record_failure, register_resolvers, run_folder_of
 from charrnn.errors import CharRNNError
-from charrnn.training import record_failure, train
+from charrnn.training import train
 
 register_resolvers()
 

@@ -1,8 +1,10 @@
-"""Finding and safely loading checkpoints (no Lightning import: generate.py starts fast)."""
+"""The run folder: its layout, finding and safely loading checkpoints, recording a failure (no
+Lightning import: generate.py starts fast)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -104,3 +106,20 @@ def register_resolvers() -> None:
         lambda n_jobs: max(1, len(os.sched_getaffinity(0)) // max(1, int(n_jobs))),
         replace=True,
     )
+
+
+def record_failure(run_dir: Path, err: Exception, keep: bool = False) -> None:
+    """Leave no half-written run folder that looks like a result.
+
+    A folder holding only Hydra's config and log (the run failed before training) is removed,
+    unless `keep` (a sweep job: the sweep summary lists it as failed); otherwise the error goes
+    to error.txt, except in a folder holding a finished run (a failed resume must not mark it
+    as failed).
+    """
+    if not run_dir.is_dir() or (run_dir / METRICS_FILE).exists():
+        return
+    if not keep and all(p.name in (".hydra", "train.log") for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir)
+    else:
+        message = str(err) if isinstance(err, CharRNNError) else f"{type(err).__name__}: {err}"
+        (run_dir / ERROR_FILE).write_text(f"{message}\n")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -179,20 +178,3 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     logger.finalize("success")
     (run_dir / ERROR_FILE).unlink(missing_ok=True)  # left by an earlier failed attempt
     return metrics
-
-
-def record_failure(run_dir: Path, err: Exception, keep: bool = False) -> None:
-    """Leave no half-written run folder that looks like a result.
-
-    A folder holding only Hydra's config and log (the run failed before training) is removed,
-    unless `keep` (a sweep job: the sweep summary lists it as failed); otherwise the error goes
-    to error.txt, except in a folder holding a finished run (a failed resume must not mark it
-    as failed).
-    """
-    if not run_dir.is_dir() or (run_dir / METRICS_FILE).exists():
-        return
-    if not keep and all(p.name in (".hydra", "train.log") for p in run_dir.iterdir()):
-        shutil.rmtree(run_dir)
-    else:
-        message = str(err) if isinstance(err, CharRNNError) else f"{type(err).__name__}: {err}"
-        (run_dir / ERROR_FILE).write_text(f"{message}\n")
