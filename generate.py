@@ -21,7 +21,7 @@ from charrnn.checkpoints import (
 )
 from charrnn.dynamic import check_dynamic_args
 from charrnn.errors import CharRNNError
-from charrnn.model import CharRNN
+from charrnn.model import CharModel
 from charrnn.sampling import load_model, sample_metrics, sample_text, score_text
 from charrnn.vocab import CharVocab, read_text
 
@@ -72,7 +72,7 @@ def generate(cfg: DictConfig, stream=sys.stdout) -> list[str] | dict:
     return texts
 
 
-def score(cfg: DictConfig, ckpt: Path, model: CharRNN, vocab: CharVocab, stream) -> dict:
+def score(cfg: DictConfig, ckpt: Path, model: CharModel, vocab: CharVocab, stream) -> dict:
     """mode=score: perplexity of text_path, or of the checkpoint's run's val/test split."""
     lr, segment = cfg.dynamic.lr, cfg.dynamic.segment
     check_dynamic_args(lr, segment)
@@ -129,7 +129,7 @@ def keep_job(cfg: DictConfig, metrics: dict, sample: str | None = None) -> None:
     (job_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="generate")
+@hydra.main(version_base="1.3", config_path="conf/generate", config_name="generate")
 def main(cfg: DictConfig) -> None:
     if _multirun():
         overrides = " ".join(HydraConfig.get().overrides.task)

@@ -1,4 +1,4 @@
-"""Train the char-RNN: `python train.py [overrides]`; see README.md and conf/train.yaml."""
+"""Train the char-RNN: `python train.py [overrides]`; see README.md and conf/train/train.yaml."""
 
 import sys
 import traceback
@@ -30,7 +30,7 @@ def resume_config(cfg: DictConfig) -> DictConfig:
     return hydra.compose(config_name="train", overrides=overrides)
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="conf/train", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN

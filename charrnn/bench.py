@@ -209,7 +209,7 @@ def lightning_path(corpus: Path, hidden_size: int, steps: int, repeats: int,
 
     register_resolvers()
     with tempfile.TemporaryDirectory() as run_dir:
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(ROOT / "conf" / "train"), version_base="1.3"):
             cfg = compose("train", overrides=[
                 f"data.path={corpus}", f"run_dir={run_dir}", f"model.hidden_size={hidden_size}",
                 f"trainer.max_epochs={repeats + 1}", f"trainer.limit_train_batches={steps}",
@@ -269,7 +269,7 @@ def corpus_train(corpus: Path, cache_dir: Path, hidden_size: int, steps: int) ->
 
     register_resolvers()
     with tempfile.TemporaryDirectory() as run_dir:
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(ROOT / "conf" / "train"), version_base="1.3"):
             cfg = compose("train", overrides=[
                 f"data.path={corpus}", f"data.cache_dir={cache_dir}", "data.memmap=true",
                 f"run_dir={run_dir}", f"model.hidden_size={hidden_size}", "trainer.max_epochs=1",

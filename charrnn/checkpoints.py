@@ -79,7 +79,7 @@ def load_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
 
 
 def register_resolvers() -> None:
-    """Resolvers used by conf/train.yaml's hydra section.
+    """Resolvers used by conf/train/train.yaml's hydra section.
 
     A resumed run writes into its own run folder, and keeps the original run's .hydra/ (its
     overrides are what resuming it again needs).
@@ -94,13 +94,13 @@ def register_resolvers() -> None:
         ),
         replace=True,
     )
-    # conf/generate.yaml: a single generation writes no .hydra/ folder, a sweep job does.
+    # conf/generate/generate.yaml: a single generation writes no .hydra/ folder, a sweep job does.
     OmegaConf.register_new_resolver(
         "charrnn_multirun_only",
         lambda mode, value: value if str(mode).endswith("MULTIRUN") else None,
         replace=True,
     )
-    # conf/launcher/parallel.yaml: divide the cores among jobs running at the same time.
+    # conf/train/launcher/parallel.yaml: divide the cores among jobs running at the same time.
     OmegaConf.register_new_resolver(
         "charrnn_threads_per_job",
         lambda n_jobs: max(1, len(os.sched_getaffinity(0)) // max(1, int(n_jobs))),

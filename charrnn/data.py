@@ -232,13 +232,13 @@ class CharDataModule(L.LightningDataModule):
             ("data.batch_size", batch_size),
             ("data.eval_batch_size", eval_batch_size),
         ):
-            check_positive_int(name, value, "conf/data/")
+            check_positive_int(name, value, "conf/train/data/")
         fractions = (("data.val_fraction", val_fraction), ("data.test_fraction", test_fraction))
         for name, value in fractions:
             if not 0 < value < 1:
                 raise CharRNNError(
                     f"{name} must lie strictly between 0 and 1, got {value!r}. Set it in "
-                    "conf/data/ or on the command line (default 0.1)."
+                    "conf/train/data/ or on the command line (default 0.1)."
                 )
         if val_fraction + test_fraction >= 1:
             raise CharRNNError(

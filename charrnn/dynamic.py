@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from charrnn.errors import CharRNNError, check_positive_int
-from charrnn.model import CharRNN
+from charrnn.model import CharModel, detach_state
 
 
 def check_dynamic_args(lr: float, segment: int) -> None:
@@ -28,13 +28,13 @@ def check_dynamic_args(lr: float, segment: int) -> None:
     ):
         raise CharRNNError(
             f"dynamic.lr must be a number >= 0 (0 = static evaluation), got {lr!r}. "
-            "E.g. `dynamic.lr=3e-4` (conf/generate.yaml)."
+            "E.g. `dynamic.lr=3e-4` (conf/generate/generate.yaml)."
         )
-    check_positive_int("dynamic.segment", segment, "conf/generate.yaml")
+    check_positive_int("dynamic.segment", segment, "conf/generate/generate.yaml")
 
 
 def dynamic_loss_sum(
-    model: CharRNN,
+    model: CharModel,
     ids: torch.Tensor,
     lr: float,
     segment: int = 50,
@@ -63,7 +63,7 @@ def dynamic_loss_sum(
         loss.backward()
         optimizer.step()
         # Truncated backpropagation: the next segment starts from this state, not through it.
-        state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+        state = detach_state(state)
         if on_progress is not None:
             on_progress(i + y.shape[1], n, total)
     return total

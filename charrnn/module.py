@@ -11,13 +11,13 @@ from torchmetrics import MeanMetric
 
 from charrnn.data import IGNORE_INDEX
 from charrnn.errors import CharRNNError
-from charrnn.model import CharRNN, State
+from charrnn.model import State, build_model, detach_state
 
 STAGES = ("train", "val", "test")
 
 
 class CharRNNModule(L.LightningModule):
-    """Wraps CharRNN; its hyperparameters (vocab string, model kwargs, lr) are plain containers,
+    """Wraps the model (charrnn.model.build_model); its hyperparameters (vocab string, model kwargs, lr) are plain containers,
     so every checkpoint loads with `torch.load(..., weights_only=True)` and decodes on its own."""
 
     def __init__(self, vocab: str, model: dict, lr: float = 1e-3, lr_schedule: str | None = None,
@@ -30,7 +30,12 @@ class CharRNNModule(L.LightningModule):
             )
         # Into every checkpoint; TensorBoard gets them with the final metrics (training.py).
         self.save_hyperparameters(logger=False)
-        self.model = CharRNN(len(vocab), **model)
+        self.model = build_model(len(vocab), **model)
+        if carry_state and not self.model.recurrent:
+            raise CharRNNError(
+                f"module.carry_state=true carries a recurrent state from batch to batch, and "
+                f"model.cell={model.get('cell')} has none: set module.carry_state=false."
+            )
         self.lr = lr
         self.lr_schedule = lr_schedule
         self.lr_factor = lr_factor
@@ -53,7 +58,7 @@ class CharRNNModule(L.LightningModule):
         x, y = batch  # (B, T), (B, T)
         logits, state = self.model(x, self._state)  # (B, T, V)
         if self.carry_state:
-            self._state = _detach(state)
+            self._state = detach_state(state)
         loss_sum = F.cross_entropy(
             logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
         )
@@ -122,8 +127,3 @@ class CharRNNModule(L.LightningModule):
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": plateau, "monitor": "val/loss", "interval": "epoch"}}
 
-
-def _detach(state: State) -> State:
-    if isinstance(state, tuple):
-        return tuple(s.detach() for s in state)
-    return state.detach()

@@ -16,10 +16,15 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 
-def layer_parameters(rnn: nn.RNN, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """W_ih, W_hh and the two biases summed (nn.RNN adds both at every step) of one layer."""
-    return (getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}"),
-            getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}"))
+def layer_parameters(rnn: nn.RNN, layer: int, weights: dict[str, torch.Tensor] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """W_ih, W_hh and the two biases summed (nn.RNN adds both at every step) of one layer;
+    `weights` replaces parameters by name (e.g. a DropConnect copy of weight_hh_l0)."""
+    def get(name: str) -> torch.Tensor:
+        name = f"{name}_l{layer}"
+        return weights[name] if weights and name in weights else getattr(rnn, name)
+
+    return get("weight_ih"), get("weight_hh"), get("bias_ih") + get("bias_hh")
 
 
 class _TanhRecurrence(torch.autograd.Function):
@@ -37,7 +42,7 @@ class _TanhRecurrence(torch.autograd.Function):
         if a is None:
             out = table.new_empty(*ids.shape, table.shape[1])
         else:
-            out = a.clone()
+            out = a.clone(memory_format=torch.contiguous_format)
         h = h0
         for t in range(out.shape[0]):
             if a is None:
@@ -75,13 +80,16 @@ class _TanhRecurrence(torch.autograd.Function):
         return grad_a, None, grad_table, grad_h0, grad_w_hh
 
 
-def rnn_tanh(rnn: nn.RNN, x: torch.Tensor, state: torch.Tensor | None,
-             onehot: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def rnn_tanh(rnn: nn.RNN, x: torch.Tensor, state: torch.Tensor | None, onehot: bool,
+             weights: dict[str, torch.Tensor] | None = None,
+             char_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """What `rnn` computes, time-major and faster on a CPU.
 
     x: (T, B) character indices when `onehot`, else (T, B, input_size) inputs; state:
     (num_layers, B, H) or None for zeros. Returns the top layer's outputs (T, B, H) and the final
     state (num_layers, B, H). Under autocast, runs in the autocast dtype as nn.RNN does.
+    `weights` replaces parameters by name; `char_scale` (V,) multiplies each character's one-hot
+    input (character dropout).
     """
     device = rnn.weight_hh_l0.device
     dtype = (torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type)
@@ -90,12 +98,13 @@ def rnn_tanh(rnn: nn.RNN, x: torch.Tensor, state: torch.Tensor | None,
     finals = []
     with torch.autocast(device.type, enabled=False):
         for layer in range(rnn.num_layers):
-            w_ih, w_hh, bias = layer_parameters(rnn, layer)
+            w_ih, w_hh, bias = layer_parameters(rnn, layer, weights)
             w_hh = w_hh.to(dtype)
             h0 = (torch.zeros(B, rnn.hidden_size, device=device, dtype=dtype) if state is None
                   else state[layer].to(dtype))
             if layer == 0 and onehot:
-                table = (w_ih.t() + bias).to(dtype)  # one_hot(x) @ W_ih^T = rows of W_ih^T
+                rows = w_ih.t() if char_scale is None else w_ih.t() * char_scale[:, None]
+                table = (rows + bias).to(dtype)  # one_hot(x) @ W_ih^T = rows of W_ih^T
                 x = _TanhRecurrence.apply(None, x, table, h0, w_hh)
             else:
                 if layer > 0 and rnn.dropout and rnn.training:

@@ -1,4 +1,4 @@
-"""Temperature sampling and scoring with a trained CharRNN (plain torch: no Lightning import)."""
+"""Temperature sampling and scoring with a trained model (plain torch: no Lightning import)."""
 
 from __future__ import annotations
 
@@ -13,18 +13,17 @@ import torch.nn.functional as F
 from charrnn.checkpoints import load_checkpoint
 from charrnn.dynamic import dynamic_loss_sum
 from charrnn.errors import CharRNNError, check_positive_int
-from charrnn.model import CharRNN, State
-from charrnn.recurrence import layer_parameters
+from charrnn.model import CharModel, build_model
 from charrnn.vocab import CharVocab
 
 
-def load_model(path: str | Path, device: str = "cpu") -> tuple[CharRNN, CharVocab]:
+def load_model(path: str | Path, device: str = "cpu") -> tuple[CharModel, CharVocab]:
     """Model and vocabulary from a checkpoint alone (loaded with `weights_only=True`)."""
     ckpt = load_checkpoint(path)
     hparams = ckpt["hyper_parameters"]
     vocab = CharVocab(hparams["vocab"])
-    model = CharRNN(len(vocab), **hparams["model"])
-    # The LightningModule keeps the CharRNN under `model.`; its metrics hold no weights.
+    model = build_model(len(vocab), **hparams["model"])
+    # The LightningModule keeps the model under `model.`; its metrics hold no weights.
     state = {
         k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")
     }
@@ -60,44 +59,6 @@ def check_sampling_args(vocab: CharVocab, prompt: str, length: int, temperature:
         )
 
 
-class _Stepper:
-    """Advances the model one character for a batch of samples.
-
-    For a vanilla tanh RNN with one-hot input the step is written out: multiplying a one-hot
-    vector by W_ih selects a column of it, so a precomputed table (V, H) of W_ih columns plus both
-    biases replaces the one-hot matmul and nn.RNN's per-call overhead (~1.5x faster at batch 64;
-    tests check it against CharRNN.forward). Other models step through CharRNN.forward.
-    """
-
-    def __init__(self, model: CharRNN) -> None:
-        self.model = model
-        rnn = model.rnn
-        self.fast = isinstance(rnn, torch.nn.RNN) and rnn.nonlinearity == "tanh" and (
-            model.embedding is None and not model.training
-        )
-        if self.fast:
-            params = [layer_parameters(rnn, i) for i in range(rnn.num_layers)]
-            w_ih, _, bias = params[0]
-            self.table = (w_ih.T + bias).contiguous()  # (V, H): one row per character
-            self.w_ih_t = [w.T.contiguous() for w, _, _ in params]  # layers above the first
-            self.bias = [b for _, _, b in params]
-            self.w_hh_t = [w.T.contiguous() for _, w, _ in params]
-            self.w_head_t = model.head.weight.T.contiguous()
-
-    def __call__(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """ids (B,) -> logits (B, V) and the new state."""
-        if not self.fast:
-            logits, state = self.model(ids.unsqueeze(1), state)
-            return logits[:, -1], state
-        layers = []
-        x = None
-        for i, h in enumerate(state):  # state: (num_layers, B, H)
-            pre = self.table[ids] if i == 0 else torch.addmm(self.bias[i], x, self.w_ih_t[i])
-            x = torch.tanh(torch.addmm(pre, h, self.w_hh_t[i]))  # (B, H)
-            layers.append(x)
-        return torch.addmm(self.model.head.bias, x, self.w_head_t), torch.stack(layers)
-
-
 def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One index per row of `probs` (B, V), drawn with those probabilities.
 
@@ -119,7 +80,7 @@ def next_char_distribution(logits: torch.Tensor, temperature: float,
 
 @torch.inference_mode()
 def sample_text(
-    model: CharRNN,
+    model: CharModel,
     vocab: CharVocab,
     prompt: str = "",
     length: int = 500,
@@ -141,7 +102,7 @@ def sample_text(
     x = vocab.encode(start).long().to(device).expand(num_samples, -1)  # (B, P)
     logits, state = model(x)
     logits = logits[:, -1]  # (B, V)
-    step = _Stepper(model)
+    step = model.stepper()
     out = torch.empty(num_samples, length, dtype=torch.long, device=device)
     for t in range(length):
         if temperature == 0:
@@ -156,7 +117,7 @@ def sample_text(
     return [vocab.decode(row) for row in out.cpu()]
 
 
-def sample_metrics(model: CharRNN, vocab: CharVocab, samples: list[str]) -> dict[str, float]:
+def sample_metrics(model: CharModel, vocab: CharVocab, samples: list[str]) -> dict[str, float]:
     """How a temperature changes text: the model's own perplexity of its samples (at T = 1) and
     the share of distinct words among all words."""
     losses = [score_text(model, vocab, s)["loss"] for s in samples if len(s) >= 2]
@@ -169,7 +130,7 @@ def sample_metrics(model: CharRNN, vocab: CharVocab, samples: list[str]) -> dict
 
 
 def score_text(
-    model: CharRNN,
+    model: CharModel,
     vocab: CharVocab,
     text: str,
     chunk: int = 1000,
@@ -202,7 +163,7 @@ def score_text(
 
 
 @torch.inference_mode()
-def _static_loss_sum(model: CharRNN, ids: torch.Tensor, chunk: int) -> float:
+def _static_loss_sum(model: CharModel, ids: torch.Tensor, chunk: int) -> float:
     """Sum of the cross-entropies of ids[1:], fixed weights; chunks only bound the memory."""
     ids = ids.unsqueeze(0)  # (1, N)
     total, state = 0.0, None

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -27,6 +29,7 @@ from charrnn.checkpoints import (
 from charrnn.data import CharDataModule
 from charrnn.diagnostics import GradientMonitor, VanishingMonitor
 from charrnn.errors import CharRNNError
+from charrnn.model import model_settings
 from charrnn.module import CharRNNModule
 from charrnn.precision import precision_arguments
 
@@ -52,8 +55,9 @@ def _check_resumable(ckpt: dict[str, Any], path: Path, dm: CharDataModule, model
             f"{''.join(sorted(new - old))!r}). Resume with the data.path of the original run."
         )
     # model.kernel picks the code that computes the same function: any value resumes any run.
-    saved = {k: v for k, v in (hparams.get("model") or {}).items() if k != "kernel"}
-    wanted = {k: v for k, v in model_cfg.items() if k != "kernel"}
+    # Settings a checkpoint predates take their defaults.
+    saved = {k: v for k, v in model_settings(hparams.get("model") or {}).items() if k != "kernel"}
+    wanted = {k: v for k, v in model_settings(model_cfg).items() if k != "kernel"}
     if saved != wanted:
         diff = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
         raise CharRNNError(
@@ -84,22 +88,38 @@ def _best_epoch(path: str) -> int | None:
     return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"]) + 1
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train (or resume) one run in `cfg.run_dir`; test its best checkpoint; write metrics.json."""
-    start = time.perf_counter()
-    run_dir = Path(cfg.run_dir)
-    ckpt_dir = run_dir / CHECKPOINT_DIR
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: the message says what is kept and how to resume."""
 
+
+@dataclass
+class RunCallbacks:
+    """A run's callbacks; the fit's outcome is read from the named ones."""
+
+    checkpoint: ModelCheckpoint  # best.ckpt, lowest val/loss
+    last_checkpoint: ModelCheckpoint  # last.ckpt, after every validation
+    early_stopping: EarlyStopping
+    speed: SpeedMonitor
+    others: list[Callback]  # progress, samples, diagnostics, a search trial's reporter
+
+    def all(self) -> list[Callback]:
+        # last.ckpt comes after best.ckpt, so that it holds the best callback's state after
+        # this validation's update.
+        return [*self.others, self.speed, self.early_stopping, self.checkpoint,
+                self.last_checkpoint]
+
+
+def prepare(cfg: DictConfig) -> tuple[CharDataModule, CharRNNModule, Path | None]:
+    """The data, the module and the checkpoint to resume from (None for a new run), every
+    setting checked before anything is written."""
+    run_dir = Path(cfg.run_dir)
     dm = CharDataModule(**cfg.data)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     resume = None
     if cfg.ckpt_path is not None:
         resume = resolve_checkpoint(cfg.ckpt_path, "last")
         ckpt = load_checkpoint(resume)
-    elif any(ckpt_dir.glob("*.ckpt")):
+    elif any((run_dir / CHECKPOINT_DIR).glob("*.ckpt")):
         raise CharRNNError(
             f"run folder {run_dir} already holds checkpoints: refusing to overwrite them. "
             f"To continue that run use ckpt_path={run_dir}; for a new run choose another folder."
@@ -108,52 +128,94 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     dm.setup()
     if resume is not None:
         _check_resumable(ckpt, resume, dm, model_cfg)
-    samples = SampleText(**cfg.samples)
-    samples.check(dm.vocab)
     module = CharRNNModule(vocab=dm.vocab.chars, model=model_cfg, **cfg.module)
+    return dm, module, resume
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    # .hydra/config.yaml keeps ${hydra:...} unresolved; this copy can be read back anywhere.
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
+def build_callbacks(cfg: DictConfig, dm: CharDataModule) -> RunCallbacks:
+    """Every callback of a run: the one place to add another."""
+    ckpt_dir = Path(cfg.run_dir) / CHECKPOINT_DIR
+    samples = SampleText(**cfg.samples)
+    samples.check(dm.vocab)  # fails before training, not after the first epoch
+    others = [ProgressLines(), samples, GradientMonitor(**cfg.gradients),
+              VanishingMonitor(**cfg.vanishing)]
+    if cfg.search.trial is not None:
+        from charrnn.search import TrialReporter  # optuna: only in a search
+
+        others.append(TrialReporter(**cfg.search))
     # Both after every validation (Lightning's own guess skips that for val_check_interval=1).
     # Lightning 2.6 writes save_last=True's last.ckpt only when a best checkpoint was written
-    # too, so last.ckpt has a callback of its own; it comes second so that it saves the best
-    # callback's state after this validation's update.
-    checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
-        save_on_train_epoch_end=False,
+    # too, so last.ckpt has a callback of its own.
+    return RunCallbacks(
+        checkpoint=ModelCheckpoint(
+            dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
+            save_on_train_epoch_end=False,
+        ),
+        last_checkpoint=ModelCheckpoint(
+            dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+            save_on_train_epoch_end=False, enable_version_counter=False,
+        ),
+        early_stopping=EarlyStopping(
+            monitor="val/loss", mode="min", check_on_train_epoch_end=False, **cfg.early_stopping
+        ),
+        speed=SpeedMonitor(),
+        others=others,
     )
-    last_checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
-        save_on_train_epoch_end=False, enable_version_counter=False,
-    )
-    early_stopping = EarlyStopping(
-        monitor="val/loss", mode="min", check_on_train_epoch_end=False, **cfg.early_stopping
-    )
-    speed = SpeedMonitor()
+
+
+def build_trainer(cfg: DictConfig, callbacks: RunCallbacks) -> L.Trainer:
+    """The Trainer of conf/train/trainer/, logging to TensorBoard in the run folder."""
+    run_dir = Path(cfg.run_dir)
     # name="" and version="": event files go straight into the run folder, and a resumed run
     # appends to the same folder instead of starting version_1.
     logger = TensorBoardLogger(save_dir=run_dir, name="", version="", default_hp_metric=False)
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_args.update(precision_arguments(trainer_args["precision"], cfg.trainer.accelerator))
-    trainer = L.Trainer(
-        **trainer_args, default_root_dir=run_dir, logger=logger,
-        callbacks=[
-            ProgressLines(), speed, samples, GradientMonitor(**cfg.gradients),
-            VanishingMonitor(**cfg.vanishing), early_stopping, checkpoint, last_checkpoint,
-        ],
-    )
-    trainer.fit(module, datamodule=dm, ckpt_path=resume)
-    if trainer.interrupted:
-        raise KeyboardInterrupt
-    # Read the fit's outcome now: testing a checkpoint restores the callbacks' state from it.
-    early_stopped = early_stopping.stopped_epoch > 0
-    epochs_run = trainer.current_epoch
-    train_chars_per_s = speed.chars_per_second
-    best = checkpoint.best_model_path or str(ckpt_dir / LAST)
-    (test,) = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
+    return L.Trainer(**trainer_args, default_root_dir=run_dir, logger=logger,
+                     callbacks=callbacks.all())
 
+
+def fit(trainer: L.Trainer, module: CharRNNModule, dm: CharDataModule, resume: Path | None,
+        callbacks: RunCallbacks) -> None:
+    """trainer.fit; Ctrl-C ends in a TrainingInterrupted that says what was saved."""
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=resume)
+        interrupted = trainer.interrupted
+    except SystemExit:  # Lightning's answer to Ctrl-C: it catches it and exits with status 1
+        if not trainer.interrupted:
+            raise
+        interrupted = True
+    if interrupted:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores it now
+        raise TrainingInterrupted(_interruption_message(callbacks))
+
+
+def _interruption_message(callbacks: RunCallbacks) -> str:
+    last = Path(callbacks.last_checkpoint.dirpath) / LAST
+    run_dir = last.parent.parent
+    if not last.is_file():
+        return (f"interrupted before the first checkpoint: nothing to resume. The run folder "
+                f"{run_dir} keeps its logs.")
+    epoch = int(torch.load(last, map_location="cpu", weights_only=True)["epoch"]) + 1
+    return (f"interrupted. The run folder {run_dir} keeps its checkpoints: last.ckpt holds the "
+            f"end of epoch {epoch}. Resume with:\n  python train.py ckpt_path={run_dir}")
+
+
+def test_and_write_metrics(cfg: DictConfig, trainer: L.Trainer, module: CharRNNModule,
+                           dm: CharDataModule, callbacks: RunCallbacks, resume: Path | None,
+                           seconds: float) -> dict[str, Any]:
+    """Score the best checkpoint on the test split (when `cfg.test`); write metrics.json and
+    the HParams entry."""
+    run_dir = Path(cfg.run_dir)
+    checkpoint = callbacks.checkpoint
+    # Read the fit's outcome now: testing a checkpoint restores the callbacks' state from it.
+    early_stopped = callbacks.early_stopping.stopped_epoch > 0
+    epochs_run = trainer.current_epoch
+    train_chars_per_s = callbacks.speed.chars_per_second
+    best = checkpoint.best_model_path or str(run_dir / CHECKPOINT_DIR / LAST)
+    test = {"test/loss": None, "test/ppl": None}
+    if cfg.test:
+        (test,) = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
     best_val = checkpoint.best_model_score
     metrics = {
         "best_val_loss": float(best_val) if best_val is not None else None,
@@ -163,18 +225,37 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "best_epoch": _best_epoch(checkpoint.best_model_path),
         "epochs_run": epochs_run,
         "early_stopped": early_stopped,
-        "wall_time_s": round(time.perf_counter() - start, 1),
+        "wall_time_s": round(seconds, 1),
         "train_chars_per_s": round(train_chars_per_s),
         "best_checkpoint": best,
         "resumed_from": str(resume) if resume else None,
         "parameters": sum(p.numel() for p in module.model.parameters()),
     }
     (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-    logger.log_hyperparams(hparams_for_tensorboard(cfg), {
+    trainer.logger.log_hyperparams(hparams_for_tensorboard(cfg), {
         f"hp/{key}": float(metrics[key])
         for key in ("best_val_ppl", "test_ppl", "epochs_run", "train_chars_per_s")
         if metrics[key] is not None
     })
-    logger.finalize("success")
+    trainer.logger.finalize("success")
+    return metrics
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train (or resume) one run in `cfg.run_dir`; test its best checkpoint; write metrics.json."""
+    start = time.perf_counter()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    dm, module, resume = prepare(cfg)
+    callbacks = build_callbacks(cfg, dm)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # .hydra/config.yaml keeps ${hydra:...} unresolved; this copy can be read back anywhere.
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    trainer = build_trainer(cfg, callbacks)
+    fit(trainer, module, dm, resume, callbacks)
+    metrics = test_and_write_metrics(cfg, trainer, module, dm, callbacks, resume,
+                                     time.perf_counter() - start)
     (run_dir / ERROR_FILE).unlink(missing_ok=True)  # left by an earlier failed attempt
     return metrics

@@ -14,7 +14,8 @@ from omegaconf import DictConfig
 from charrnn.checkpoints import register_resolvers
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = str(ROOT / "conf")
+CONF = str(ROOT / "conf" / "train")  # train.py's configs
+GENERATE_CONF = str(ROOT / "conf" / "generate")  # generate.py's
 
 # Small enough that a few epochs take about a second on 2 CPU cores.
 TINY = [
@@ -42,8 +43,10 @@ def corpus(tmp_path: Path) -> Path:
 
 
 def compose_train(overrides: list[str], config_name: str = "train") -> DictConfig:
+    """conf/train/train.yaml (or conf/generate/generate.yaml) composed with overrides."""
     register_resolvers()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+    config_dir = GENERATE_CONF if config_name == "generate" else CONF
+    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
         return compose(config_name=config_name, overrides=overrides)
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from charrnn.report import summarize
-from tests.conftest import CONF, TINY, compose_train, run_script
+from tests.conftest import CONF, GENERATE_CONF, TINY, compose_train, run_script
 
 STUDIES = {
     "hidden_size": ("model.hidden_size", "128,256,512,1024"),
@@ -28,7 +28,7 @@ def test_training_studies_compose(name):
 def test_temperature_study_composes():
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+    with initialize_config_dir(config_dir=GENERATE_CONF, version_base="1.3"):
         cfg = compose("generate", overrides=["experiment=temperature", "ckpt_path=x"],
                       return_hydra_config=True)
     assert cfg.hydra.sweeper.params.temperature == "0.5,0.8,1.0,1.2,1.5"

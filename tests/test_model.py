@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from charrnn.errors import CharRNNError
-from charrnn.model import CharRNN
+from charrnn.model import CharRNN, build_model
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
@@ -60,7 +60,7 @@ def test_loss_at_initialisation_is_about_ln_vocab():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"cell": "gpt"}, "unknown model.cell 'gpt': allowed values are rnn, lstm, gru"),
+        ({"cell": "gpt"}, "unknown model.cell 'gpt': allowed values are rnn, lstm, gru, transformer"),
         ({"hidden_size": 0}, "model.hidden_size must be a positive integer"),
         ({"input": "bytes"}, "unknown model.input"),
         ({"input": "embedding"}, "model.embedding_dim"),
@@ -68,7 +68,7 @@ def test_loss_at_initialisation_is_about_ln_vocab():
 )
 def test_bad_model_settings(kwargs, message):
     with pytest.raises(CharRNNError, match=message):
-        CharRNN(vocab_size=5, **kwargs)
+        build_model(vocab_size=5, **kwargs)
 
 
 def _run(model: CharRNN, kernel: str, x: torch.Tensor, y: torch.Tensor,

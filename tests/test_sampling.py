@@ -200,11 +200,11 @@ def test_generate_bad_input(trained, args, message):
 
 @pytest.mark.parametrize("num_layers", [1, 2])
 def test_fast_rnn_step_equals_the_model(num_layers):
-    from charrnn.sampling import _Stepper
+    from charrnn.rnn import _TanhStepper
 
     model = CharRNN(7, hidden_size=8, num_layers=num_layers).eval()
-    step = _Stepper(model)
-    assert step.fast
+    step = model.stepper()
+    assert isinstance(step, _TanhStepper)
     x = torch.randint(0, 7, (3, 6))
     expected, expected_state = model(x)
     _, state = model(x[:, :1])
