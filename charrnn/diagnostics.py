@@ -3,8 +3,10 @@
 - GradientMonitor: per epoch, the fraction of steps whose pre-clip gradient norm exceeded the
   clipping threshold and a histogram of those norms; stops a diverging run with a clear message
   before anything is saved from it.
-- VanishingMonitor: every N steps, ||dL_T / dh_{T-k}|| for k = 0 .. T-1 on a fixed validation
-  batch: how much the loss at the last step still depends on the state k steps earlier.
+- VanishingMonitor: every N steps, on a fixed validation batch, how much the loss at the last
+  step still depends on what was read k steps earlier, for k = 0 .. T-1:
+  ||dL_T / dx_{T-k}|| for the input representation x (every cell: one quantity to compare an
+  RNN with a Transformer), and ||dL_T / dh_{T-k}|| for a recurrent cell's hidden state.
 """
 
 from __future__ import annotations
@@ -19,13 +21,49 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
 from charrnn.errors import CharRNNError
-from charrnn.model import CharRNN
+from charrnn.model import CharModel, CharRNN
 
 DISTANCES = (1, 10, 25, 50, 99)  # k logged as scalars (those below seq_length)
 
 
 class TrainingDiverged(CharRNNError):
     """The training loss or gradient norm became non-finite or exploded."""
+
+
+class _EvalWithGradients:
+    """Eval mode (no dropout) with autograd on; restores the mode. cuDNN refuses a backward
+    pass through an RNN in eval mode; PyTorch's own kernels do not (found on an H200: training
+    crashed at the first measurement on a GPU)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model, self.was_training = model, model.training
+        self.grad = torch.enable_grad()
+        self.cudnn = torch.backends.cudnn.flags(enabled=False)
+
+    def __enter__(self) -> None:
+        self.model.eval()
+        self.grad.__enter__()
+        self.cudnn.__enter__()
+
+    def __exit__(self, *exc) -> None:
+        self.cudnn.__exit__(*exc)
+        self.grad.__exit__(*exc)
+        self.model.train(self.was_training)
+
+
+def input_gradients(model: CharModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """||dL_T / dx_{T-k}|| for k = 0 .. T-1, averaged over the batch (index k = distance).
+
+    L_T is each sequence's cross-entropy at its last step; x_t is the input representation of
+    the character at step t (its one-hot vector or its embedding, as `model.embed` makes it).
+    The same quantity for every cell; parameters get no gradients.
+    """
+    with _EvalWithGradients(model):
+        inputs = model.embed(x).detach().requires_grad_(True)  # (B, T, D)
+        logits, _ = model.forward_embedded(inputs)
+        loss_last = F.cross_entropy(logits[:, -1].float(), y[:, -1], reduction="sum")
+        (grad,) = torch.autograd.grad(loss_last, inputs)
+    return grad.float().norm(dim=2).mean(dim=0).flip(0)  # flip: index k = T-1-t
 
 
 def hidden_state_gradients(model: CharRNN, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -35,30 +73,27 @@ def hidden_state_gradients(model: CharRNN, x: torch.Tensor, y: torch.Tensor) -> 
     (every layer; for an LSTM its h, not c). The model is run one step at a time so that each
     state is a tensor autograd can differentiate against; parameters get no gradients.
     """
-    was_training = model.training
-    model.eval()
-    try:
-        # cuDNN refuses a backward pass through an RNN in eval mode; PyTorch's own kernels
-        # do not (found on an H200: the default run crashed at step 250 on a GPU).
-        with torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):
-            state, hs = None, []
-            for t in range(x.shape[1]):
-                _, state = model(x[:, t : t + 1], state)
-                hs.append(state[0] if isinstance(state, tuple) else state)  # (layers, B, H)
-            # The last output is the top layer of the last state: take it from there so that
-            # h_T itself is in the graph (k = 0).
-            logits_last = model.head(hs[-1][-1])  # (B, V)
-            loss_last = F.cross_entropy(logits_last.float(), y[:, -1], reduction="sum")
-            grads = torch.autograd.grad(loss_last, hs)
-    finally:
-        model.train(was_training)
+    with _EvalWithGradients(model):
+        state, hs = None, []
+        for t in range(x.shape[1]):
+            _, state = model(x[:, t : t + 1], state)
+            hs.append(state[0] if isinstance(state, tuple) else state)  # (layers, B, H)
+        # The last output is the top layer of the last state: take it from there so that
+        # h_T itself is in the graph (k = 0).
+        logits_last = model.head(hs[-1][-1])  # (B, V)
+        loss_last = F.cross_entropy(logits_last.float(), y[:, -1], reduction="sum")
+        grads = torch.autograd.grad(loss_last, hs)
     # (T, B): norm over layers and units for each sequence, then the mean over the batch.
     norms = torch.stack([g.transpose(0, 1).flatten(1).norm(dim=1) for g in grads])
     return norms.mean(dim=1).flip(0)  # flip: index k = T-1-t
 
 
-def plot_distance_curves(curves: dict[str, torch.Tensor], title: str):
-    """A matplotlib figure of ||dL_T/dh_{T-k}|| against k, log scale, one line per curve."""
+INPUT_LABEL = "||dL_T / dx_{T-k}||"  # the input representation: every cell
+HIDDEN_LABEL = "||dL_T / dh_{T-k}||"  # the hidden state: recurrent cells
+
+
+def plot_distance_curves(curves: dict[str, torch.Tensor], title: str, ylabel: str = INPUT_LABEL):
+    """A matplotlib figure of a gradient against the distance k, log scale, one line a curve."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,7 +103,7 @@ def plot_distance_curves(curves: dict[str, torch.Tensor], title: str):
     for label, curve in curves.items():
         ax.semilogy(range(len(curve)), curve.clamp_min(1e-30).cpu().numpy(), label=label)
     ax.set_xlabel("distance k (time steps back from the last)")
-    ax.set_ylabel("||dL_T / dh_{T-k}||")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     if len(curves) > 1:
@@ -168,8 +203,12 @@ class GradientMonitor(Callback):
 
 
 class VanishingMonitor(Callback):
-    """Every `every_n_steps` steps, the gradient-distance curve on a fixed validation batch:
-    an image (log scale) and scalars at a few distances. `every_n_steps=0` turns it off."""
+    """Every `every_n_steps` steps, the gradient-distance curves on a fixed validation batch:
+    images (log scale) and scalars at a few distances. `every_n_steps=0` turns it off.
+
+    grad_distance_input/: ||dL_T/dx_{T-k}|| for every cell; grad_distance_hidden/:
+    ||dL_T/dh_{T-k}|| as well for recurrent cells.
+    """
 
     def __init__(self, every_n_steps: int = 250, batch_size: int = 32) -> None:
         self.every_n_steps = every_n_steps
@@ -190,18 +229,26 @@ class VanishingMonitor(Callback):
         if not hasattr(writer, "add_figure"):
             return
         x, y = (t.to(pl_module.device) for t in self._batch)
-        curve = hidden_state_gradients(pl_module.model, x, y)
-        # Straight to TensorBoard: a value given to pl_module.log in this hook is logged again
-        # at every later step of the epoch.
-        for k in DISTANCES:
-            if k < len(curve):
-                writer.add_scalar(f"grad_distance/k={k}", float(curve[k]), global_step=step)
-        fig = plot_distance_curves({"": curve}, f"step {step}")
-        writer.add_figure("grad_distance/curve", fig, global_step=step)
+        model = pl_module.model
+        measures = {"input": (input_gradients, INPUT_LABEL)}
+        if model.recurrent:
+            measures["hidden"] = (hidden_state_gradients, HIDDEN_LABEL)
+        for name, (measure, label) in measures.items():
+            curve = measure(model, x, y).cpu()
+            # Straight to TensorBoard: a value given to pl_module.log in this hook is logged
+            # again at every later step of the epoch.
+            for k in DISTANCES:
+                if k < len(curve):
+                    writer.add_scalar(f"grad_distance_{name}/k={k}", float(curve[k]),
+                                      global_step=step)
+            fig = plot_distance_curves({"": curve}, f"step {step}", label)
+            writer.add_figure(f"grad_distance_{name}/curve", fig, global_step=step)
 
 
-def compare_runs(runs: list[Path], out: Path, batch_size: int = 32) -> dict[str, torch.Tensor]:
-    """The gradient-distance curve of each run's best checkpoint on its own validation batch."""
+def compare_runs(runs: list[Path], out: Path, batch_size: int = 32,
+                 hidden: bool = False) -> dict[str, torch.Tensor]:
+    """The gradient-distance curve of each run's best checkpoint on its own validation batch:
+    with respect to the input (every cell), or the hidden state (`hidden`: recurrent runs)."""
     from omegaconf import OmegaConf
 
     from charrnn.checkpoints import resolve_checkpoint
@@ -211,14 +258,20 @@ def compare_runs(runs: list[Path], out: Path, batch_size: int = 32) -> dict[str,
     curves = {}
     for run in runs:
         cfg = OmegaConf.load(run / "config.yaml")
+        model, _ = load_model(resolve_checkpoint(run, "best"))
+        if hidden and not model.recurrent:
+            print(f"{run}: model.cell={cfg.model.cell} has no hidden state; left out")
+            continue
         dm = CharDataModule(**cfg.data)
         dm.setup()
         x, y = next(iter(dm.val_dataloader()))
-        model, _ = load_model(resolve_checkpoint(run, "best"))
         steps = torch.load(resolve_checkpoint(run, "best"), weights_only=True)["global_step"]
-        label = f"{cfg.model.cell} (hidden {cfg.model.hidden_size}, {steps} steps)"
-        curves[label] = hidden_state_gradients(model, x[:batch_size], y[:batch_size])
-    fig = plot_distance_curves(curves, "||dL_T/dh_{T-k}||, validation batch")
+        size = sum(p.numel() for p in model.parameters())
+        label = f"{cfg.model.cell} ({size:,} parameters, {steps} steps)"
+        measure = hidden_state_gradients if hidden else input_gradients
+        curves[label] = measure(model, x[:batch_size], y[:batch_size])
+    what = HIDDEN_LABEL if hidden else INPUT_LABEL
+    fig = plot_distance_curves(curves, f"{what}, validation batch", what)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     return curves
@@ -228,12 +281,16 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(
-        description="Compare how far back gradients reach in trained runs (best checkpoints)."
+        description="Compare how far back gradients reach in trained runs (best checkpoints): "
+        "||dL_T/dx_{T-k}|| with respect to the input, for every cell."
     )
     parser.add_argument("runs", type=Path, nargs="+", help="run folders")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
+    parser.add_argument("--hidden", action="store_true",
+                        help="||dL_T/dh_{T-k}|| with respect to the hidden state instead "
+                        "(recurrent cells only)")
     args = parser.parse_args(argv)
-    curves = compare_runs(args.runs, args.out)
+    curves = compare_runs(args.runs, args.out, hidden=args.hidden)
     print("run" + "".join(f" | k={k}" for k in DISTANCES))
     for label, curve in curves.items():
         print(label + "".join(f" | {curve[k]:.3g}" for k in DISTANCES if k < len(curve)))

@@ -17,8 +17,9 @@ STAGES = ("train", "val", "test")
 
 
 class CharRNNModule(L.LightningModule):
-    """Wraps the model (charrnn.model.build_model); its hyperparameters (vocab string, model kwargs, lr) are plain containers,
-    so every checkpoint loads with `torch.load(..., weights_only=True)` and decodes on its own."""
+    """Wraps the model (charrnn.model.build_model). Its hyperparameters (vocab string, model
+    kwargs, lr) are plain containers, so every checkpoint loads with
+    `torch.load(..., weights_only=True)` and decodes on its own."""
 
     def __init__(self, vocab: str, model: dict, lr: float = 1e-3, lr_schedule: str | None = None,
                  lr_factor: float = 0.5, lr_patience: int = 1, carry_state: bool = False) -> None:

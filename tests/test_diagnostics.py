@@ -6,8 +6,13 @@ import torch
 import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from charrnn.diagnostics import GradientMonitor, TrainingDiverged, hidden_state_gradients
-from charrnn.model import CharRNN
+from charrnn.diagnostics import (
+    GradientMonitor,
+    TrainingDiverged,
+    hidden_state_gradients,
+    input_gradients,
+)
+from charrnn.model import CharRNN, build_model
 from charrnn.training import train
 
 
@@ -31,6 +36,30 @@ def test_gradient_distance_agrees_with_a_hand_unrolled_rnn():
     assert all(p.grad is None for p in model.parameters())  # the model is left untouched
 
 
+@pytest.mark.parametrize("kernel", ["torch", "fused"])
+def test_input_gradient_distance_agrees_with_autograd_on_one_hot_vectors(kernel):
+    torch.manual_seed(0)
+    model = CharRNN(5, hidden_size=4, kernel=kernel)
+    x, y = torch.randint(0, 5, (3, 6)), torch.randint(0, 5, (3, 6))
+    curve = input_gradients(model, x, y)
+
+    onehot = F.one_hot(x, 5).float().requires_grad_(True)
+    out, _ = model.rnn(onehot)
+    loss = F.cross_entropy(model.head(out[:, -1]), y[:, -1], reduction="sum")
+    (grad,) = torch.autograd.grad(loss, onehot)
+    torch.testing.assert_close(curve, grad.norm(dim=2).mean(dim=0).flip(0))
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_input_gradient_distance_of_a_transformer_ends_at_its_context():
+    """One block attends to the last context_length characters: nothing before reaches L_T."""
+    torch.manual_seed(0)
+    model = build_model(7, cell="transformer", hidden_size=8, num_layers=1, num_heads=2,
+                        context_length=5)
+    curve = input_gradients(model, torch.randint(0, 7, (4, 12)), torch.randint(0, 7, (4, 12)))
+    assert curve.shape == (12,) and (curve[:5] > 0).all() and (curve[5:] == 0).all()
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_gradient_distance_runs_for_gated_cells(cell):
     model = CharRNN(5, hidden_size=4, num_layers=2, cell=cell)
@@ -45,9 +74,10 @@ def test_gradient_distance_on_a_gpu_matches_the_cpu(cell):
     torch.manual_seed(0)
     model = CharRNN(7, hidden_size=16, cell=cell)
     x, y = torch.randint(0, 7, (3, 12)), torch.randint(0, 7, (3, 12))
-    on_cpu = hidden_state_gradients(model, x, y)
-    on_gpu = hidden_state_gradients(model.cuda(), x.cuda(), y.cuda()).cpu()
-    torch.testing.assert_close(on_gpu, on_cpu, rtol=1e-3, atol=1e-7)
+    for measure in (hidden_state_gradients, input_gradients):
+        on_cpu = measure(model.cpu(), x, y)
+        on_gpu = measure(model.cuda(), x.cuda(), y.cuda()).cpu()
+        torch.testing.assert_close(on_gpu, on_cpu, rtol=1e-3, atol=1e-7)
 
 
 def test_clipped_fraction_on_a_constructed_case():
@@ -99,12 +129,12 @@ def test_diagnostics_reach_tensorboard(tiny_cfg, tmp_path):
     acc = EventAccumulator(str(tmp_path / "run"), size_guidance={"images": 0, "histograms": 0})
     acc.Reload()
     tags = acc.Tags()
-    assert {"grad_distance/k=1", "grad_distance/k=10", "train/clipped_fraction"} <= set(
-        tags["scalars"]
-    )
-    assert "grad_distance/k=25" not in tags["scalars"]  # seq_length 16: no such distance
-    assert "grad_distance/curve" in tags["images"]
+    for name in ("input", "hidden"):
+        assert {f"grad_distance_{name}/k=1", f"grad_distance_{name}/k=10"} <= set(tags["scalars"])
+        assert f"grad_distance_{name}/k=25" not in tags["scalars"]  # seq_length 16: no such k
+        assert f"grad_distance_{name}/curve" in tags["images"]
+        k1 = acc.Scalars(f"grad_distance_{name}/k=1")
+        assert [e.step for e in k1] == [5, 10, 15, 20, 25, 30, 35]  # every 5 steps, once each
+        assert all(math.isfinite(e.value) and e.value > 0 for e in k1)
+    assert "train/clipped_fraction" in tags["scalars"]
     assert "train/grad_norm_hist" in tags["histograms"]
-    k1 = acc.Scalars("grad_distance/k=1")
-    assert [e.step for e in k1] == [5, 10, 15, 20, 25, 30, 35]  # every 5 steps, once each
-    assert all(math.isfinite(e.value) and e.value > 0 for e in k1)

@@ -60,7 +60,7 @@ def test_loss_at_initialisation_is_about_ln_vocab():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"cell": "gpt"}, "unknown model.cell 'gpt': allowed values are rnn, lstm, gru, transformer"),
+        ({"cell": "gpt"}, "unknown model.cell 'gpt': allowed values are rnn, lstm, gru, trans"),
         ({"hidden_size": 0}, "model.hidden_size must be a positive integer"),
         ({"input": "bytes"}, "unknown model.input"),
         ({"input": "embedding"}, "model.embedding_dim"),
