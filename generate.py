@@ -8,17 +8,11 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from charrnn.checkpoints import (
-    METRICS_FILE,
-    record_failure,
-    register_resolvers,
-    resolve_checkpoint,
-    run_folder_of,
-)
+from charrnn.checkpoints import METRICS_FILE, register_resolvers, resolve_checkpoint, run_folder_of
+from charrnn.cli import fail, multirun, newest_run, prepare_overrides
 from charrnn.dynamic import check_dynamic_args
 from charrnn.errors import CharRNNError
 from charrnn.model import CharModel
@@ -31,23 +25,28 @@ register_resolvers()
 def generate(cfg: DictConfig, stream=sys.stdout) -> list[str] | dict:
     """Sample (or score) as configured; returns the samples (or the score)."""
     if cfg.ckpt_path is None:
-        raise CharRNNError(
-            "no checkpoint given: set ckpt_path to a run folder under outputs/ or a .ckpt file, "
-            "e.g. `python generate.py ckpt_path=outputs/2026-01-01/12-00-00`."
-        )
+        newest = newest_run(Path(to_absolute_path("outputs")))
+        if newest is None:
+            raise CharRNNError(
+                "no checkpoint given, and no run folder under outputs/ has a best checkpoint: "
+                "set ckpt_path to a run folder or a .ckpt file, e.g. "
+                "`python generate.py ckpt_path=outputs/2026-01-01/12-00-00`."
+            )
+        print(f"ckpt_path not given: using the newest run, {newest}", file=sys.stderr)
+        cfg.ckpt_path = str(newest)
     if cfg.mode not in ("sample", "score"):
         raise CharRNNError(f"mode must be sample or score, got {cfg.mode!r}.")
     ckpt = resolve_checkpoint(to_absolute_path(cfg.ckpt_path), "best")
     model, vocab = load_model(ckpt, cfg.device)
     if cfg.mode == "score":
         result = score(cfg, ckpt, model, vocab, stream)
-        if _multirun():
+        if multirun():
             keep_job(cfg, {k: result[k] for k in ("ppl", "loss", "characters_scored")})
         return result
 
     prompt = cfg.prompt
     if cfg.prompt_file is not None:
-        prompt = read_text(to_absolute_path(cfg.prompt_file))
+        prompt = read_text(to_absolute_path(cfg.prompt_file), key="prompt_file")
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
     streaming = cfg.num_samples == 1
     if streaming:
@@ -67,7 +66,7 @@ def generate(cfg: DictConfig, stream=sys.stdout) -> list[str] | dict:
     combined = "\n\n".join(texts) + "\n"
     if cfg.output is not None:
         Path(to_absolute_path(cfg.output)).write_text(combined, encoding="utf-8")
-    if _multirun():
+    if multirun():
         keep_job(cfg, sample_metrics(model, vocab, samples), sample=combined)
     return texts
 
@@ -92,7 +91,7 @@ def score(cfg: DictConfig, ckpt: Path, model: CharModel, vocab: CharVocab, strea
             )
         text, source = split_text(run_dir, cfg.split), f"the {cfg.split} split of {run_dir}"
     else:
-        text, source = read_text(to_absolute_path(cfg.text_path)), cfg.text_path
+        text, source = read_text(to_absolute_path(cfg.text_path), key="text_path"), cfg.text_path
     progress = _progress_lines(segment) if lr > 0 else None  # dynamic evaluation takes a while
     result = score_text(model, vocab, text, chunk=segment if lr > 0 else 1000, dynamic_lr=lr,
                         on_progress=progress)
@@ -116,10 +115,6 @@ def _progress_lines(segment: int):
     return report
 
 
-def _multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
 def keep_job(cfg: DictConfig, metrics: dict, sample: str | None = None) -> None:
     """A multirun job keeps its config, its metrics (for the sweep summary) and its text."""
     job_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -131,19 +126,16 @@ def keep_job(cfg: DictConfig, metrics: dict, sample: str | None = None) -> None:
 
 @hydra.main(version_base="1.3", config_path="conf/generate", config_name="generate")
 def main(cfg: DictConfig) -> None:
-    if _multirun():
-        overrides = " ".join(HydraConfig.get().overrides.task)
-        print(f"\n=== {overrides} ===", flush=True)
+    job_dir = None
+    if multirun():  # a sweep job has a folder of its own; a single generation writes none
+        job_dir = Path(HydraConfig.get().runtime.output_dir)
+        print(f"\n=== {' '.join(HydraConfig.get().overrides.task)} ===", flush=True)
     try:
         generate(cfg)
-    except CharRNNError as err:
-        print(f"\nerror: {err}", file=sys.stderr)
-        if _multirun():
-            # A failed job is recorded for the sweep summary; the other jobs go on.
-            record_failure(Path(HydraConfig.get().runtime.output_dir), err, keep=True)
-            return
-        sys.exit(2)
+    except Exception as err:
+        fail(err, job_dir)
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = prepare_overrides(sys.argv[1:], text_keys=("prompt",))
     main()

@@ -7,22 +7,32 @@ from pathlib import Path
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 
+CPUINFO = Path("/proc/cpuinfo")
 
-def resolve_precision(precision: str | int) -> str | int:
+
+def on_gpu(accelerator: str) -> bool:
+    """Whether the Trainer will run on a GPU with this `trainer.accelerator`."""
+    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
+def cpu_has_amx() -> bool:
+    try:
+        return "amx_bf16" in CPUINFO.read_text().split()
+    except OSError:
+        return False
+
+
+def resolve_precision(precision: str | int, accelerator: str = "auto") -> str | int:
     """`auto`: bf16-mixed where bf16 matrix multiplication is fast, else the seed's 32-true.
 
     On a CPU that means AMX (amx_bf16 in /proc/cpuinfo): elsewhere bf16 matmuls are emulated or
-    barely faster, for a loss of precision. On GPUs auto stays with fp32: not measured here.
+    barely faster, for a loss of precision. On a GPU auto keeps fp32 (docs/performance.md).
     """
     if precision != "auto":
         return precision
-    if torch.cuda.is_available():
+    if on_gpu(accelerator):
         return "32-true"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "32-true"
-    return "bf16-mixed" if "amx_bf16" in flags.split() else "32-true"
+    return "bf16-mixed" if cpu_has_amx() else "32-true"
 
 
 class CachedBF16Autocast(MixedPrecision):
@@ -42,8 +52,8 @@ class CachedBF16Autocast(MixedPrecision):
 
 def precision_arguments(precision: str | int, accelerator: str) -> dict:
     """Trainer arguments for a precision setting (`auto` resolved, bf16 with the cast cache)."""
-    precision = resolve_precision(precision)
+    precision = resolve_precision(precision, accelerator)
     if precision != "bf16-mixed":
         return {"precision": precision}
-    on_gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
-    return {"precision": None, "plugins": [CachedBF16Autocast("cuda" if on_gpu else "cpu")]}
+    device = "cuda" if on_gpu(accelerator) else "cpu"
+    return {"precision": None, "plugins": [CachedBF16Autocast(device)]}

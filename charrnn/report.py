@@ -148,8 +148,13 @@ def _is_number(value: Any) -> bool:
 
 
 def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """Write summary.md, summary.csv and summary.png into the sweep folder; print the table."""
+    """Write summary.md, summary.csv and summary.png into the sweep folder; print the table.
+    A search's folder (it holds study.db) gets the search's summary instead."""
     sweep_dir = Path(sweep_dir)
+    if (sweep_dir / "study.db").is_file():
+        from charrnn.search_report import summarize_search
+
+        return summarize_search(sweep_dir)
     rows = job_rows(sweep_dir)
     if not rows:
         raise SystemExit(f"error: no job folders (with .hydra/overrides.yaml) in {sweep_dir}")
@@ -167,7 +172,8 @@ class SweepSummary(HydraCallback):
 
     def on_multirun_end(self, config, **kwargs) -> None:
         rows = summarize(config.hydra.sweep.dir)
-        if any(r["status"] != "ok" for r in rows):
+        # A grid sweep fails if a job did; a search goes on past failed trials by design.
+        if any(r.get("status", "ok") != "ok" for r in rows):
             raise SystemExit(1)
 
 
@@ -202,7 +208,7 @@ def plot_curves(sweep_dir: Path, tags: list[str], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description="Summarize a train.py -m or generate.py -m sweep folder."
+        description="Summarize a train.py -m or generate.py -m sweep folder, or a search's."
     )
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--curves", nargs="+", metavar="TAG",

@@ -56,7 +56,10 @@ class CharVocab:
         return "".join(self.chars[i] for i in torch.as_tensor(ids).tolist())
 
 
-def missing_corpus_error(path: Path) -> CharRNNError:
+def missing_corpus_error(path: Path, key: str = "data.path") -> CharRNNError:
+    if key != "data.path":
+        return CharRNNError(f"{key}={path}: file not found. Set {key} to an existing UTF-8 "
+                            "text file.")
     return CharRNNError(
         f"corpus file not found: {path}. Set data.path to an existing UTF-8 text file "
         "(e.g. `python train.py data.path=my_text.txt`), or leave data.path=null to use Tiny "
@@ -64,30 +67,34 @@ def missing_corpus_error(path: Path) -> CharRNNError:
     )
 
 
-def empty_corpus_error(path: Path) -> CharRNNError:
-    return CharRNNError(f"corpus file is empty: {path}. Set data.path to a file with text in it.")
+def empty_corpus_error(path: Path, key: str = "data.path") -> CharRNNError:
+    what = "corpus file" if key == "data.path" else f"the {key} file"
+    return CharRNNError(f"{what} is empty: {path}. Set {key} to a file with text in it.")
 
 
 def not_utf8_error(path: Path, byte: int, offset: int, line: int, column: int,
-                   reason: str) -> CharRNNError:
+                   reason: str, key: str = "data.path") -> CharRNNError:
+    what = "corpus file" if key == "data.path" else f"the {key} file"
     return CharRNNError(
-        f"corpus file is not valid UTF-8: {path}: byte 0x{byte:02x} at offset {offset} "
+        f"{what} is not valid UTF-8: {path}: byte 0x{byte:02x} at offset {offset} "
         f"(line {line}, column {column}) cannot be decoded ({reason}). Convert the file to UTF-8 "
-        "(e.g. `iconv -f latin1 -t utf-8`) or set data.path to another file."
+        f"(e.g. `iconv -f latin1 -t utf-8`) or set {key} to another file."
     )
 
 
-def read_text(path: str | Path) -> str:
-    """Read a UTF-8 corpus, turning every way it can be unusable into a CharRNNError."""
+def read_text(path: str | Path, key: str = "data.path") -> str:
+    """Read a UTF-8 text file, turning every way it can be unusable into a CharRNNError that
+    names the setting (`key`) it came from."""
     path = Path(path)
     if not path.is_file():
-        raise missing_corpus_error(path)
+        raise missing_corpus_error(path, key)
     raw = path.read_bytes()
     if not raw:
-        raise empty_corpus_error(path)
+        raise empty_corpus_error(path, key)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line = raw.count(b"\n", 0, err.start) + 1
         column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
-        raise not_utf8_error(path, raw[err.start], err.start, line, column, err.reason) from None
+        raise not_utf8_error(path, raw[err.start], err.start, line, column, err.reason,
+                             key) from None

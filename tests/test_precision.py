@@ -23,10 +23,25 @@ def test_bf16_loss_stays_close_to_fp32(tiny_cfg, tmp_path):
     assert bf16 != fp32  # it really ran in bf16
 
 
-def test_auto_precision(monkeypatch):
-    assert resolve_precision("32-true") == "32-true"
-    assert resolve_precision("bf16-mixed") == "bf16-mixed"
-    assert resolve_precision("auto") in ("bf16-mixed", "32-true")
+@pytest.mark.parametrize(("flags", "gpu", "accelerator", "expected"), [
+    ("fpu avx512f amx_bf16 amx_tile", False, "auto", "bf16-mixed"),  # a CPU with AMX
+    ("fpu avx512f avx512_bf16", False, "auto", "32-true"),  # bf16 instructions, no AMX
+    ("fpu avx512f amx_bf16", True, "auto", "32-true"),  # a GPU: fp32
+    ("fpu avx512f amx_bf16", True, "gpu", "32-true"),
+    ("fpu avx512f amx_bf16", True, "cpu", "bf16-mixed"),  # GPU present, CPU chosen: the CPU's
+])
+def test_auto_precision(monkeypatch, tmp_path, flags, gpu, accelerator, expected):
+    import charrnn.precision as precision
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(precision, "CPUINFO", cpuinfo)
+    monkeypatch.setattr(precision.torch.cuda, "is_available", lambda: gpu)
+    assert resolve_precision("auto", accelerator) == expected
+    assert resolve_precision("32-true", accelerator) == "32-true"  # only auto is resolved
+    assert resolve_precision("bf16-mixed", accelerator) == "bf16-mixed"
+    plugins = precision.precision_arguments("auto", accelerator).get("plugins", [])
+    assert [p.device for p in plugins] == (["cpu"] if expected == "bf16-mixed" else [])
 
 
 def test_benchmark_harness_end_to_end_tiny(tmp_path):

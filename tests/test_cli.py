@@ -1,0 +1,128 @@
+"""The command lines: text overrides, Ctrl-C, one failure path, defaults, each script's studies."""
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from charrnn.cli import hydra_quote, prepare_overrides
+from charrnn.training import train
+from tests.conftest import CONF, GENERATE_CONF, ROOT, TINY, compose_train, run_script
+
+TEXTS = ["Привет", "ROMEO:", "it's", "a\\b", "ends with \\", "a,b", "x=y", "(oh)", "'quoted'",
+         'say "hi"', "back\\'slash", "", "  spaced  ", "日本 café"]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_a_quoted_text_parses_back_to_itself(text):
+    parsed = OverridesParser.create().parse_override(f"prompt={hydra_quote(text)}")
+    assert parsed.value() == text
+
+
+def test_prompts_are_quoted_and_other_arguments_kept():
+    args = ["-m", "prompt=Привет, мир", "samples.prompt=x", "--cfg", "job", "length=10",
+            "prompt='already quoted'", "+prompt=日本"]
+    prepared = prepare_overrides(args, text_keys=("prompt",))
+    assert prepared == ["-m", "prompt='Привет, мир'", "samples.prompt=x", "--cfg", "job",
+                        "length=10", "prompt='already quoted'", "+prompt='日本'"]
+
+
+def test_an_override_hydra_cannot_read_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        prepare_overrides(["data.path=Привет.txt"], text_keys=("prompt",))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: the override 'data.path=Привет.txt' cannot be read" in err
+    assert "'data.path=\"Привет.txt\"'" in err
+
+
+def test_each_entry_point_offers_only_its_own_studies():
+    def options(config_dir: str, group: str) -> list[str]:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+            return GlobalHydra.instance().config_loader().get_group_options(group)
+
+    assert options(CONF, "experiment") == ["cells", "hidden_size", "seq_length"]
+    assert options(CONF, "hparams_search") == ["lstm", "rnn"]
+    assert options(GENERATE_CONF, "experiment") == ["temperature"]
+
+
+def test_generate_without_ckpt_path_uses_the_newest_run(tiny_cfg, tmp_path, monkeypatch, capsys):
+    from generate import generate
+
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_train(["length=5"], config_name="generate")
+    with pytest.raises(Exception, match="no run folder under outputs/ has a best checkpoint"):
+        generate(cfg, stream=io.StringIO())
+    train(tiny_cfg("trainer.max_epochs=1", run="outputs/a"))
+    time.sleep(0.05)
+    train(tiny_cfg("trainer.max_epochs=1", run="outputs/b"))
+    (text,) = generate(compose_train(["length=5"], config_name="generate"), stream=io.StringIO())
+    assert len(text) == 5
+    assert f"using the newest run, {tmp_path / 'outputs' / 'b'}" in capsys.readouterr().err
+
+
+def test_non_ascii_prompt_and_missing_prompt_file_through_generate_py(tiny_cfg, tmp_path):
+    train(tiny_cfg("trainer.max_epochs=1"))
+    run = tmp_path / "run"
+    result = run_script("generate.py", f"ckpt_path={run}", "prompt=日本 café", "length=20",
+                        cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    prompt = "日本 café"
+    assert result.stdout.startswith(prompt) and len(result.stdout[:-1]) == len(prompt) + 20
+    result = run_script("generate.py", f"ckpt_path={run}", "prompt_file=missing.txt",
+                        cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error: prompt_file=" in result.stderr
+    assert "missing.txt: file not found. Set prompt_file" in result.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_what_is_kept_and_exits_130(corpus, tmp_path):
+    """A real SIGINT while training: status 130, the run folder, the last saved epoch and the
+    command that resumes it; the checkpoint is intact."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), f"data.path={corpus}", *TINY,
+         "trainer.max_epochs=100000", "early_stopping.patience=100000", f"hydra.run.dir={run}"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoints" / "last.ckpt").is_file() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # a few more epochs
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    epoch = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] + 1
+    assert f"The run folder {run} keeps its checkpoints: last.ckpt holds the end of epoch " \
+           f"{epoch}. Resume with:\n  python train.py ckpt_path={run}" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_a_sweep_job_failing_with_any_error_is_recorded_and_the_sweep_goes_on(tiny_cfg,
+                                                                             tmp_path):
+    """generate.py, like train.py: a job that raises something other than a CharRNNError (here
+    torch's error for a GPU that is not there) is listed as failed; the others run."""
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without a GPU to make device=cuda fail")
+    train(tiny_cfg("trainer.max_epochs=1"))
+    result = run_script("generate.py", "-m", f"ckpt_path={tmp_path / 'run'}", "length=10",
+                        "device=cuda,cpu", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" in result.stderr  # not a user's mistake: the traceback is shown
+    (sweep,) = (tmp_path / "outputs" / "generate").glob("*/*")
+    summary = (sweep / "summary.md").read_text()
+    assert "| ok |" in summary and "| failed |" in summary
+    (failed,) = [p for p in sweep.glob("*device-cuda*")]
+    assert "Error" in (failed / "error.txt").read_text()
+    assert os.listdir(tmp_path / "outputs") == ["generate"]
