@@ -15,24 +15,29 @@ def on_gpu(accelerator: str) -> bool:
     return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
-def cpu_has_amx() -> bool:
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # bf16 matrix instructions (Intel AMX, AVX-512 BF16)
+
+
+def cpu_has_bf16() -> bool:
     try:
-        return "amx_bf16" in CPUINFO.read_text().split()
+        flags = set(CPUINFO.read_text().split())
     except OSError:
         return False
+    return any(flag in flags for flag in BF16_FLAGS)
 
 
 def resolve_precision(precision: str | int, accelerator: str = "auto") -> str | int:
     """`auto`: bf16-mixed where bf16 matrix multiplication is fast, else the seed's 32-true.
 
-    On a CPU that means AMX (amx_bf16 in /proc/cpuinfo): elsewhere bf16 matmuls are emulated or
-    barely faster, for a loss of precision. On a GPU auto keeps fp32 (docs/performance.md).
+    On a CPU that means bf16 matrix instructions (amx_bf16 or avx512_bf16 in /proc/cpuinfo):
+    elsewhere bf16 matmuls are emulated or barely faster, for a loss of precision. On a GPU auto
+    keeps fp32 (docs/performance.md).
     """
     if precision != "auto":
         return precision
     if on_gpu(accelerator):
         return "32-true"
-    return "bf16-mixed" if cpu_has_amx() else "32-true"
+    return "bf16-mixed" if cpu_has_bf16() else "32-true"
 
 
 class CachedBF16Autocast(MixedPrecision):

@@ -25,7 +25,8 @@ def test_bf16_loss_stays_close_to_fp32(tiny_cfg, tmp_path):
 
 @pytest.mark.parametrize(("flags", "gpu", "accelerator", "expected"), [
     ("fpu avx512f amx_bf16 amx_tile", False, "auto", "bf16-mixed"),  # a CPU with AMX
-    ("fpu avx512f avx512_bf16", False, "auto", "32-true"),  # bf16 instructions, no AMX
+    ("fpu avx512f avx512_bf16", False, "auto", "bf16-mixed"),  # AVX-512 BF16, no AMX
+    ("fpu avx2 avx512f", False, "auto", "32-true"),  # no bf16 instructions
     ("fpu avx512f amx_bf16", True, "auto", "32-true"),  # a GPU: fp32
     ("fpu avx512f amx_bf16", True, "gpu", "32-true"),
     ("fpu avx512f amx_bf16", True, "cpu", "bf16-mixed"),  # GPU present, CPU chosen: the CPU's
