@@ -1,7 +1,8 @@
 """Benchmarks, measured in one run so that ratios compare like with like on a noisy machine.
 
     python -m charrnn.bench                  # training and generation, default sizes
-    python -m charrnn.bench --only train     # one group: train | kernel | generate | corpus
+    python -m charrnn.bench --only train     # one group: train | kernel | generate | corpus |
+                                             # overhead
     python -m charrnn.bench --tiny           # seconds: a smoke test of the harness itself
     python -m charrnn.bench --device cpu     # train on the CPU even when a GPU is present
 
@@ -21,6 +22,9 @@ train:  (a) a plain PyTorch loop of the default recipe, written below as the bas
         as train.py does); generation always runs on the CPU, where generate.py runs.
 kernel: forward + backward of the model alone, model.kernel=torch (nn.RNN) against fused, fp32
         and bf16, alternating in one process (on the CPU).
+overhead: the fixed cost of a step: milliseconds per step of train.py's path (progress,
+        logging, diagnostics and checkpoints at their defaults) minus those of a plain loop
+        around the same model at hidden 16, where computing costs next to nothing.
 corpus: encoding time and peak memory of the memory-mapped corpus cache at growing sizes
         (not in the default set: it writes a few hundred MB to a temporary folder).
 """
@@ -50,6 +54,7 @@ from charrnn.sampling import load_model, sample_text
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+OVERHEAD_HIDDEN = 16  # --only overhead: a model whose computing costs next to nothing
 
 
 def synchronize(device: torch.device | str = "cpu") -> None:
@@ -163,8 +168,12 @@ def bench_corpus_text(tmp: Path, tiny: bool) -> Path:
 
 
 def plain_loop(corpus: Path, hidden_size: int, steps: int, repeats: int,
-               precision: str, device: str = "cpu") -> dict[str, float]:
-    """(a): the default recipe as a plain PyTorch loop, chars/s per block of `steps` steps."""
+               precision: str, device: str = "cpu", model: str = "nn.RNN") -> dict[str, float]:
+    """(a): the default recipe as a plain PyTorch loop, chars/s per block of `steps` steps.
+
+    model="nn.RNN": nn.RNN and a linear head, as a sixty-line script writes it; "charrnn": the
+    project's own model (its kernel too), so that only the loop around it differs from train.py.
+    """
     from charrnn.vocab import CharVocab, read_text
 
     text = read_text(corpus)
@@ -172,9 +181,15 @@ def plain_loop(corpus: Path, hidden_size: int, steps: int, repeats: int,
     data = vocab.encode(text[: int(len(text) * 0.8)]).long().to(device)
     torch.manual_seed(0)
     V, L, B = len(vocab), 100, 64
-    rnn = torch.nn.RNN(V, hidden_size, batch_first=True).to(device)
-    head = torch.nn.Linear(hidden_size, V).to(device)
-    params = [*rnn.parameters(), *head.parameters()]
+    if model == "charrnn":
+        net = CharRNN(V, hidden_size=hidden_size).to(device)
+        forward = lambda x: net(x)[0]  # noqa: E731
+    else:
+        rnn = torch.nn.RNN(V, hidden_size, batch_first=True).to(device)
+        head = torch.nn.Linear(hidden_size, V).to(device)
+        net = torch.nn.ModuleList([rnn, head])
+        forward = lambda x: head(rnn(F.one_hot(x, V).float())[0])  # noqa: E731
+    params = list(net.parameters())
     optimizer = torch.optim.Adam(params, lr=1e-3)
     n_windows = (len(data) - 1) // L
     steps_ = torch.arange(L + 1, device=device)
@@ -186,8 +201,7 @@ def plain_loop(corpus: Path, hidden_size: int, steps: int, repeats: int,
             x, y = chunk[:, :-1], chunk[:, 1:]
             with torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
                                 enabled=precision == "bf16"):
-                out, _ = rnn(F.one_hot(x, V).float())
-                logits = head(out)
+                logits = forward(x)
             loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
             optimizer.zero_grad()
             loss.backward()
@@ -334,6 +348,10 @@ WORKERS = {
     "lightning_bf16": lambda a: lightning_path(
         a.corpus, a.hidden_size, a.train_steps, a.repeats, ["trainer.precision=bf16-mixed"],
         a.device),
+    "overhead_plain": lambda a: plain_loop(
+        a.corpus, OVERHEAD_HIDDEN, a.train_steps, a.repeats, "fp32", a.device, model="charrnn"),
+    "overhead_lightning": lambda a: lightning_path(
+        a.corpus, OVERHEAD_HIDDEN, a.train_steps, a.repeats, [], a.device),
     "corpus_encode": lambda a: corpus_encode(a.corpus, a.cache_dir),
     "corpus_train": lambda a: corpus_train(a.corpus, a.cache_dir, a.hidden_size, 20),
 }
@@ -389,8 +407,28 @@ def bench_train(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
     return results
 
 
+def bench_overhead(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
+    """The fixed cost of a training step: train.py's path against a plain loop around the same
+    model, so small (hidden 16) that computing costs next to nothing. Milliseconds per step of
+    each, rounds interleaved; the overhead is the median of the rounds' differences."""
+    corpus = args.corpus or bench_corpus_text(tmp, args.tiny)
+    plain, lightning = [], []
+    for _ in range(args.rounds):
+        for kind, times in (("overhead_plain", plain), ("overhead_lightning", lightning)):
+            chars_per_s = run_worker(kind, args, corpus)["chars_per_s"]
+            times.append(1000 * 64 * 100 / chars_per_s)  # ms per step of 64 x 100 characters
+    differences = [b - a for a, b in zip(plain, lightning)]
+    return {
+        "overhead_plain_ms_per_step": statistics.median(plain),
+        "overhead_lightning_ms_per_step": statistics.median(lightning),
+        "step_overhead_ms": statistics.median(differences),
+        "step_overhead_ms_min": min(differences),
+        "step_overhead_ms_max": max(differences),
+    }
+
+
 GROUPS = {"train": bench_train, "kernel": bench_kernel, "generate": bench_generate,
-          "corpus": bench_corpus}
+          "corpus": bench_corpus, "overhead": bench_overhead}
 DEFAULT_GROUPS = ("train", "kernel", "generate")
 
 

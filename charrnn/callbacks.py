@@ -108,6 +108,8 @@ class ProgressLines(ProgressBar):
     On a terminal one line is redrawn in place; elsewhere (CI, `nohup`, a pipe) a new line is
     printed every tenth of an epoch, so a log shows progress without flooding. Each line gives
     the batch, characters/s, the epoch's running train loss and the last validation perplexity.
+    The loss is the mean of the values GradientMonitor has read so far (it reads them in
+    groups): drawing never reads a tensor, so a step never waits for a GPU.
     """
 
     def __init__(self, stream: TextIO | None = None, refresh_seconds: float = 0.5) -> None:
@@ -116,6 +118,8 @@ class ProgressLines(ProgressBar):
         self.refresh_seconds = refresh_seconds
         self._enabled = True
         self._live = self.stream.isatty()
+        self._losses = None  # GradientMonitor, found when training starts
+        self._val = "val ppl -"
         self._reset_epoch()
 
     def disable(self) -> None:
@@ -129,7 +133,6 @@ class ProgressLines(ProgressBar):
         self._last_draw = 0.0
         self._next_decile = 1
         self._chars = 0
-        self._loss_sum: torch.Tensor | float = 0.0  # a tensor: read (a GPU sync) only to draw
         self._batches = 0
 
     def _write(self, text: str, final: bool) -> None:
@@ -141,19 +144,24 @@ class ProgressLines(ProgressBar):
             self.stream.write(text + "\n")
         self.stream.flush()
 
-    def _val_ppl(self, trainer: L.Trainer) -> str:
-        ppl = trainer.callback_metrics.get("val/ppl")
-        return f"val ppl {float(ppl):.3f}" if ppl is not None else "val ppl -"
+    def _loss(self) -> str:
+        mean = self._losses.epoch_mean_loss() if self._losses is not None else None
+        return f"  loss {mean:.4f}" if mean is not None else ""
 
     def _epoch_label(self, trainer: L.Trainer) -> str:
         return f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        from charrnn.diagnostics import GradientMonitor
+
+        self._losses = next((c for c in trainer.callbacks if isinstance(c, GradientMonitor)),
+                            None)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._reset_epoch()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._chars += batch[0].numel()
-        self._loss_sum = self._loss_sum + outputs["loss"].detach()
         self._batches += 1
         total = self.total_train_batches
         done = batch_idx + 1
@@ -174,15 +182,17 @@ class ProgressLines(ProgressBar):
             eta = f"  eta {_duration(elapsed / done * (total - done))}"
         else:
             bar, eta = f"{done} batches", ""
-        self._write(
-            f"{self._epoch_label(trainer)} {bar}  {speed / 1000:.1f}k char/s"
-            f"  loss {float(self._loss_sum) / self._batches:.4f}  {self._val_ppl(trainer)}{eta}",
-            final=False,
-        )
+        self._write(f"{self._epoch_label(trainer)} {bar}  {speed / 1000:.1f}k char/s"
+                    f"{self._loss()}  {self._val}{eta}", final=False)
 
     def on_validation_start(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking and self._live:
             self._write(f"{self._epoch_label(trainer)} validating ...", final=False)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        ppl = trainer.callback_metrics.get("val/ppl")  # read once per validation
+        if ppl is not None and not trainer.sanity_checking:
+            self._val = f"val ppl {float(ppl):.3f}"
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if not self._batches:
@@ -190,10 +200,10 @@ class ProgressLines(ProgressBar):
         metrics = trainer.callback_metrics
         val = ""
         if "val/loss" in metrics:
-            val = f"  val loss {float(metrics['val/loss']):.4f}  {self._val_ppl(trainer)}"
+            val = f"  val loss {float(metrics['val/loss']):.4f}  {self._val}"
         self._write(
             f"{self._epoch_label(trainer)} done in {_duration(time.perf_counter() - self._start)}"
-            f"  train loss {float(self._loss_sum) / self._batches:.4f}{val}",
+            f"{self._loss().replace('loss', 'train loss')}{val}",
             final=True,
         )
 

@@ -132,10 +132,16 @@ class GradientMonitor(Callback):
         self.max_loss_ratio = max_loss_ratio
         self.check_every_n_steps = check_every_n_steps
         self._norms: list[float] = []  # this epoch's, read
+        self._loss_sum, self._loss_count = 0.0, 0  # this epoch's, read
         self._pending: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
+
+    def epoch_mean_loss(self) -> float | None:
+        """The mean training loss of the steps read so far this epoch (progress display)."""
+        return self._loss_sum / self._loss_count if self._loss_count else None
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._norms, self._pending = [], []
+        self._loss_sum, self._loss_count = 0.0, 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"].detach()
@@ -155,6 +161,8 @@ class GradientMonitor(Callback):
         values = torch.stack([torch.stack([loss.float(), norm.float()])
                               for _, _, loss, norm in pending]).cpu()  # one sync
         self._norms.extend(values[:, 1].tolist())
+        self._loss_sum += float(values[:, 0].sum())
+        self._loss_count += len(pending)
         writer = getattr(trainer.logger, "experiment", None)
         if hasattr(writer, "add_scalar"):
             for (step, _, _, _), (loss, norm) in zip(pending, values.tolist()):

@@ -7,7 +7,6 @@ import math
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torchmetrics import MeanMetric
 
 from charrnn.data import IGNORE_INDEX
 from charrnn.errors import CharRNNError
@@ -50,7 +49,9 @@ class CharRNNModule(L.LightningModule):
         self.last_grad_norm: torch.Tensor | None = None  # before clipping; read by callbacks
         # Token-weighted mean cross-entropy of the whole epoch: perplexity = exp(this), which is
         # not the mean of per-batch perplexities when batches hold different numbers of targets.
-        self.mean_loss = torch.nn.ModuleDict({f"{stage}_loss": MeanMetric() for stage in STAGES})
+        # Summed on the device, (loss sum, targets) per stage, and read once, at the epoch's end:
+        # a step never waits for the device.
+        self._totals: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = dict.fromkeys(STAGES)
 
     def forward(self, x: torch.Tensor, state=None):
         return self.model(x, state)
@@ -64,9 +65,14 @@ class CharRNNModule(L.LightningModule):
             logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
         )
         n_targets = (y != IGNORE_INDEX).sum()
-        loss = loss_sum / n_targets
-        self.mean_loss[f"{stage}_loss"].update(loss.detach(), weight=n_targets)
-        return loss
+        total = loss_sum.detach().to(_accumulator_dtype(loss_sum.device))
+        if self._totals[stage] is not None:
+            old_sum, old_count = self._totals[stage]
+            total, n = old_sum + total, old_count + n_targets
+        else:
+            n = n_targets
+        self._totals[stage] = (total, n)
+        return loss_sum / n_targets
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._loss(batch, "train")  # to TensorBoard by GradientMonitor
@@ -78,22 +84,25 @@ class CharRNNModule(L.LightningModule):
         self._loss(batch, "test")
 
     def _log_epoch(self, stage: str) -> None:
-        metric = self.mean_loss[f"{stage}_loss"]
-        if metric.update_count == 0:
+        if self._totals[stage] is None:
             return
-        loss = metric.compute()
-        metric.reset()
+        (loss_sum, count), self._totals[stage] = self._totals[stage], None
+        if self._trainer is not None:  # summed over every process (DDP)
+            loss_sum = self.trainer.strategy.reduce(loss_sum, reduce_op="sum")
+            count = self.trainer.strategy.reduce(count, reduce_op="sum")
+        loss = (loss_sum / count).float()
         self.log(f"{stage}/{'loss' if stage != 'train' else 'loss_epoch'}", loss)
         self.log(f"{stage}/ppl", torch.exp(loss))
 
     def on_train_epoch_start(self) -> None:
-        self._state = None
+        self._state, self._totals["train"] = None, None
 
     def on_validation_epoch_start(self) -> None:
         self._train_state, self._state = self._state, None  # validation runs inside an epoch
+        self._totals["val"] = None
 
     def on_test_epoch_start(self) -> None:
-        self._state = None
+        self._state, self._totals["test"] = None, None
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
@@ -128,3 +137,7 @@ class CharRNNModule(L.LightningModule):
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": plateau, "monitor": "val/loss", "interval": "epoch"}}
 
+
+def _accumulator_dtype(device: torch.device) -> torch.dtype:
+    """float64 for the sums of a whole epoch's losses, where the device has it."""
+    return torch.float32 if device.type == "mps" else torch.float64

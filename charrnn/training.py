@@ -137,8 +137,9 @@ def build_callbacks(cfg: DictConfig, dm: CharDataModule) -> RunCallbacks:
     ckpt_dir = Path(cfg.run_dir) / CHECKPOINT_DIR
     samples = SampleText(**cfg.samples)
     samples.check(dm.vocab)  # fails before training, not after the first epoch
-    others = [ProgressLines(), samples, GradientMonitor(**cfg.gradients),
-              VanishingMonitor(**cfg.vanishing)]
+    # The progress display comes after GradientMonitor: it shows the losses that one has read.
+    others = [samples, GradientMonitor(**cfg.gradients), VanishingMonitor(**cfg.vanishing),
+              ProgressLines()]
     if cfg.search.trial is not None:
         from charrnn.search import TrialReporter  # optuna: only in a search
 
