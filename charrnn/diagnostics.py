@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
@@ -107,7 +108,7 @@ def plot_distance_curves(curves: dict[str, torch.Tensor], title: str, ylabel: st
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     if len(curves) > 1:
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -212,16 +213,18 @@ class GradientMonitor(Callback):
 
 class VanishingMonitor(Callback):
     """Every `every_n_steps` steps, the gradient-distance curves on a fixed validation batch:
-    images (log scale) and scalars at a few distances. `every_n_steps=0` turns it off.
+    one image (log scale) and scalars at a few distances. `every_n_steps=0` turns it off.
 
     grad_distance_input/: ||dL_T/dx_{T-k}|| for every cell; grad_distance_hidden/:
-    ||dL_T/dh_{T-k}|| as well for recurrent cells.
+    ||dL_T/dh_{T-k}|| as well for recurrent cells; grad_distance/curve draws both. The figure
+    is made once and redrawn: making a matplotlib figure costs more than measuring.
     """
 
     def __init__(self, every_n_steps: int = 250, batch_size: int = 32) -> None:
         self.every_n_steps = every_n_steps
         self.batch_size = batch_size
         self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._figure = None
 
     def on_fit_start(self, trainer, pl_module) -> None:
         if self.every_n_steps and trainer.datamodule is not None:
@@ -234,23 +237,39 @@ class VanishingMonitor(Callback):
         if not self.every_n_steps or self._batch is None or step % self.every_n_steps:
             return
         writer = getattr(trainer.logger, "experiment", None)
-        if not hasattr(writer, "add_figure"):
+        if not hasattr(writer, "add_image"):
             return
         x, y = (t.to(pl_module.device) for t in self._batch)
         model = pl_module.model
-        measures = {"input": (input_gradients, INPUT_LABEL)}
+        curves = {"input": input_gradients(model, x, y).cpu()}
         if model.recurrent:
-            measures["hidden"] = (hidden_state_gradients, HIDDEN_LABEL)
-        for name, (measure, label) in measures.items():
-            curve = measure(model, x, y).cpu()
+            curves["hidden"] = hidden_state_gradients(model, x, y).cpu()
+        for name, curve in curves.items():
             # Straight to TensorBoard: a value given to pl_module.log in this hook is logged
             # again at every later step of the epoch.
             for k in DISTANCES:
                 if k < len(curve):
                     writer.add_scalar(f"grad_distance_{name}/k={k}", float(curve[k]),
                                       global_step=step)
-            fig = plot_distance_curves({"": curve}, f"step {step}", label)
-            writer.add_figure(f"grad_distance_{name}/curve", fig, global_step=step)
+        writer.add_image("grad_distance/curve", self._draw(curves, step), global_step=step,
+                         dataformats="HWC")
+
+    def _draw(self, curves: dict[str, torch.Tensor], step: int):
+        """The curves as an RGB image (H, W, 3), redrawn on one figure."""
+        labels = {"input": INPUT_LABEL + " (input)", "hidden": HIDDEN_LABEL + " (hidden state)"}
+        if self._figure is None:
+            self._figure = plot_distance_curves(
+                {labels[name]: curve for name, curve in curves.items()}, f"step {step}",
+                "gradient norm")
+        fig = self._figure
+        ax = fig.axes[0]
+        for line, curve in zip(ax.lines, curves.values()):
+            line.set_data(range(len(curve)), curve.clamp_min(1e-30).numpy())
+        ax.relim()
+        ax.autoscale_view()
+        ax.set_title(f"step {step}")
+        fig.canvas.draw()
+        return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
 def compare_runs(runs: list[Path], out: Path, batch_size: int = 32,

@@ -132,9 +132,9 @@ def test_diagnostics_reach_tensorboard(tiny_cfg, tmp_path):
     for name in ("input", "hidden"):
         assert {f"grad_distance_{name}/k=1", f"grad_distance_{name}/k=10"} <= set(tags["scalars"])
         assert f"grad_distance_{name}/k=25" not in tags["scalars"]  # seq_length 16: no such k
-        assert f"grad_distance_{name}/curve" in tags["images"]
         k1 = acc.Scalars(f"grad_distance_{name}/k=1")
         assert [e.step for e in k1] == [5, 10, 15, 20, 25, 30, 35]  # every 5 steps, once each
         assert all(math.isfinite(e.value) and e.value > 0 for e in k1)
+    assert "grad_distance/curve" in tags["images"] and len(acc.Images("grad_distance/curve")) == 7
     assert "train/clipped_fraction" in tags["scalars"]
     assert "train/grad_norm_hist" in tags["histograms"]
