@@ -1,0 +1,165 @@
+"""The docs cannot go stale: every documented command composes against conf/, every config key
+named in a table exists, and the README stays a front door."""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+from omegaconf import OmegaConf
+
+from charrnn.checkpoints import register_resolvers
+from charrnn.cli import prepare_overrides
+from tests.conftest import CONF, GENERATE_CONF, ROOT
+
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+SCRIPTS = {"train.py": (CONF, "train", ("samples.prompt",)),
+           "generate.py": (GENERATE_CONF, "generate", ("prompt",))}
+FENCED = re.compile(r"^\s*python (train|generate)\.py\b")
+INLINE = re.compile(r"`(python (?:train|generate)\.py\b[^`]*)`")
+KEY = re.compile(r"`((?:hydra\.)?[a-z_]+(?:\.[a-z_]+)+)(?:=[^`]*)?`")
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """(file:line, command) for every train.py/generate.py command: in fenced code blocks
+    (continuation lines joined, comments dropped) and in inline code."""
+    found = []
+    for doc in DOCS:
+        text = doc.read_text(encoding="utf-8")
+        lines, fenced, i = text.splitlines(), False, 0
+        while i < len(lines):
+            line = lines[i]
+            if line.lstrip().startswith("```"):
+                fenced = not fenced
+            elif fenced and FENCED.match(line):
+                where, command = f"{doc.name}:{i + 1}", line
+                while command.rstrip().endswith("\\") and i + 1 < len(lines):
+                    i += 1
+                    command = command.rstrip()[:-1] + " " + lines[i].strip()
+                found.append((where, command))
+            i += 1
+        for match in INLINE.finditer(text):
+            line = text[: match.start()].count("\n") + 1
+            found.append((f"{doc.name}:{line}", " ".join(match[1].split())))
+    return found
+
+
+def _one_value(override: str) -> str:
+    """A sweep (`a,b`, `choice(...)`, `interval(...)`, `range(...)`) as its first value."""
+    parsed = OverridesParser.create().parse_override(override)
+    if not parsed.is_sweep_override():
+        return override
+    key = override.split("=", 1)[0]
+    value = parsed.value()
+    if isinstance(value, IntervalSweep):
+        return f"{key}={value.start}"
+    if isinstance(value, RangeSweep):
+        return f"{key}={value.start}"
+    if isinstance(value, ChoiceSweep):
+        return f"{key}={next(iter(parsed.sweep_string_iterator()))}"
+    return f"{key}={next(iter(parsed.sweep_string_iterator()))}"
+
+
+def compose_command(command: str):
+    """The config a documented command composes to (sweeps: their first job)."""
+    tokens = shlex.split(re.sub(r"<[^>]*>", "x", command), comments=True)
+    assert tokens[:1] == ["python"] and tokens[1] in SCRIPTS, command
+    config_dir, name, text_keys = SCRIPTS[tokens[1]]
+    args = [t for t in tokens[2:] if not t.startswith(("-", "[")) and t != "..."]
+    overrides = [_one_value(o) for o in prepare_overrides(args, text_keys)]
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+        cfg = compose(name, overrides=overrides, return_hydra_config=True)
+    for section in ("data", "model", "module", "trainer", "dynamic"):
+        if section in cfg:  # interpolations resolve (a study's nested ones too)
+            OmegaConf.to_container(cfg[section], resolve=True)
+    return cfg
+
+
+COMMANDS = documented_commands()
+
+
+def test_the_docs_document_commands():
+    scripts = {c.split()[1] for _, c in COMMANDS}
+    assert scripts == {"train.py", "generate.py"} and len(COMMANDS) > 40
+
+
+@pytest.mark.parametrize(("where", "command"), COMMANDS, ids=[w for w, _ in COMMANDS])
+def test_documented_command_composes_against_conf(where, command):
+    try:
+        compose_command(command)
+    except Exception as err:  # the file and line, the command and Hydra's reason
+        pytest.fail(f"{where}: `{command}` does not compose against conf/: {err}")
+
+
+def _configs() -> list[dict]:
+    """train.yaml with a search and each launcher, and generate.yaml, as plain nested dicts
+    (interpolations left as written)."""
+    register_resolvers()
+    configs = []
+    for config_dir, name, extra in ((CONF, "train", ["hparams_search=lstm"]),
+                                    (CONF, "train", ["launcher=slurm"]),
+                                    (CONF, "train", ["launcher=parallel"]),
+                                    (GENERATE_CONF, "generate", [])):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+            cfg = compose(name, overrides=extra, return_hydra_config=True)
+        configs.append(OmegaConf.to_container(cfg, resolve=False))
+    return configs
+
+
+def _key_exists(key: str, configs: list[dict]) -> bool:
+    for node in configs:
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+        else:
+            return True
+    return False
+
+
+def test_config_keys_named_in_tables_exist():
+    """Backticked keys in the docs' tables (`module.lr`, `hydra.sweeper.n_trials`), and the
+    first column of every `| key |` table, name keys that exist in conf/."""
+    configs = _configs()
+    roots = {k for cfg in configs for k in cfg} | {"hydra"}
+    stale = []
+    for doc in DOCS:
+        key_table = False
+        for number, line in enumerate(doc.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.startswith("|"):
+                key_table = False
+                continue
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if cells[0] == "key":
+                key_table = True
+                continue
+            names = {m[1] for m in KEY.finditer(line) if m[1].split(".")[0] in roots}
+            if key_table and re.fullmatch(r"`[a-z_.]+`", cells[0]):
+                names.add(cells[0].strip("`"))
+            stale += [f"{doc.name}:{number}: {name}" for name in sorted(names)
+                      if not _key_exists(name, configs)]
+    assert not stale, "keys in the docs that conf/ does not have:\n" + "\n".join(stale)
+
+
+def test_readme_is_a_front_door():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.encode()) <= 12_000
+    for heading in ("## Set up", "## Train", "## Watch", "## Generate", "## Test",
+                    "## Reference"):
+        assert heading in readme
+    links = re.findall(r"\]\((docs/[^)#]+)", readme)
+    assert links and all((ROOT / link).is_file() for link in links)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[d.name for d in DOCS])
+def test_links_between_pages_resolve(doc):
+    for target in re.findall(r"\]\(([^)#:]+\.(?:md|png))", doc.read_text(encoding="utf-8")):
+        assert (doc.parent / target).is_file(), f"{doc.name}: broken link {target}"
