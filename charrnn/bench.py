@@ -20,6 +20,9 @@ train:  (a) a plain PyTorch loop of the default recipe, written below as the bas
         (c) the fast path: (b) with trainer.precision=bf16-mixed;
         and validation characters/s of (b). All on --device (auto: the GPU when there is one,
         as train.py does); generation always runs on the CPU, where generate.py runs.
+generate: characters/s of 1 and 64 samples, the default RNN and a Transformer of the cells
+        study (4 blocks of 128, context 256: past 256 characters the cache slides), and the
+        time from launching generate.py to its first character.
 kernel: forward + backward of the model alone, model.kernel=torch (nn.RNN) against fused, fp32
         and bf16, alternating in one process (on the CPU).
 overhead: the fixed cost of a step: milliseconds per step of train.py's path (progress,
@@ -49,7 +52,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from charrnn.model import CharRNN
+from charrnn.model import CharRNN, build_model
 from charrnn.sampling import load_model, sample_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,18 +95,25 @@ def peak_memory_mb(device: str) -> dict[str, float]:
     return peak
 
 
-def write_random_checkpoint(path: Path, vocab: str, hidden_size: int) -> Path:
+def write_random_checkpoint(path: Path, vocab: str, hidden_size: int,
+                            **model: object) -> Path:
     """A checkpoint in train.py's format with untrained weights: speed does not depend on them."""
-    model = CharRNN(len(vocab), hidden_size=hidden_size)
+    settings = {"hidden_size": hidden_size, **model}
+    net = build_model(len(vocab), **settings)
     torch.save(
         {
             "epoch": 0,
-            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-            "hyper_parameters": {"vocab": vocab, "model": {"hidden_size": hidden_size}, "lr": 1e-3},
+            "state_dict": {f"model.{k}": v for k, v in net.state_dict().items()},
+            "hyper_parameters": {"vocab": vocab, "model": settings, "lr": 1e-3},
         },
         path,
     )
     return path
+
+
+# The Transformer of `experiment=cells`: 4 blocks of width 128, context 256.
+BENCH_TRANSFORMER = {"cell": "transformer", "num_layers": 4, "num_heads": 4,
+                     "context_length": 256}
 
 
 def time_to_first_char(ckpt: Path) -> float:
@@ -129,17 +139,21 @@ def import_time() -> float:
 def bench_generate(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
     vocab = "".join(chr(c) for c in range(32, 32 + 65))  # 65 characters, like Tiny Shakespeare
     ckpt = write_random_checkpoint(tmp / "bench.ckpt", vocab, args.hidden_size)
-    model, vocab_ = load_model(ckpt)
+    transformer = write_random_checkpoint(tmp / "transformer.ckpt", vocab,
+                                          16 if args.tiny else 128, **BENCH_TRANSFORMER)
     results: dict[str, float] = {}
-    for batch, length in ((1, args.gen_length), (64, args.gen_length // 4)):
-        generator = torch.Generator().manual_seed(0)
+    for label, path in (("", ckpt), ("transformer_", transformer)):
+        model, vocab_ = load_model(path)
+        for batch, length in ((1, args.gen_length), (64, args.gen_length // 4)):
+            generator = torch.Generator().manual_seed(0)
 
-        def generate(batch: int = batch, length: int = length,
-                     generator: torch.Generator = generator) -> None:
-            sample_text(model, vocab_, "A", length, 1.0, num_samples=batch, generator=generator)
+            def generate(batch: int = batch, length: int = length, model=model,
+                         vocab_=vocab_, generator: torch.Generator = generator) -> None:
+                sample_text(model, vocab_, "A", length, 1.0, num_samples=batch,
+                            generator=generator)
 
-        seconds = median_time(generate, args.repeats)
-        results[f"generate_{batch}_chars_per_s"] = batch * length / seconds
+            seconds = median_time(generate, args.repeats)
+            results[f"generate_{label}{batch}_chars_per_s"] = batch * length / seconds
     first = median_time(lambda: time_to_first_char(ckpt), args.repeats, warmup=1)
     imports = median_time(import_time, args.repeats, warmup=1)
     results["generate_first_char_s"] = first

@@ -162,13 +162,18 @@ def score_text(
     }
 
 
-@torch.inference_mode()
 def _static_loss_sum(model: CharModel, ids: torch.Tensor, chunk: int) -> float:
-    """Sum of the cross-entropies of ids[1:], fixed weights; chunks only bound the memory."""
+    return float(character_losses(model, ids, chunk).double().sum())
+
+
+@torch.inference_mode()
+def character_losses(model: CharModel, ids: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
+    """The cross-entropy (nats) of each of ids[1:] (N - 1,) given the characters before it,
+    fixed weights, the state carried across the whole text; chunks only bound the memory."""
     ids = ids.unsqueeze(0)  # (1, N)
-    total, state = 0.0, None
+    losses, state = [], None
     for i in range(0, ids.shape[1] - 1, chunk):
         x, y = ids[:, i : i + chunk], ids[:, i + 1 : i + 1 + chunk]
         logits, state = model(x[:, : y.shape[1]], state)
-        total += F.cross_entropy(logits[0].float(), y[0], reduction="sum").item()
-    return total
+        losses.append(F.cross_entropy(logits[0].float(), y[0], reduction="none"))
+    return torch.cat(losses).cpu()

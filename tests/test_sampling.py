@@ -227,4 +227,6 @@ def test_benchmark_runs_end_to_end_tiny(tmp_path):
 
     results = main(["--tiny", "--only", "generate", "--json", str(tmp_path / "bench.json")])
     assert results["generate_64_chars_per_s"] > 0 and results["first_char_over_import"] > 0
+    assert results["generate_transformer_1_chars_per_s"] > 0
+    assert results["generate_transformer_64_chars_per_s"] > 0
     assert (tmp_path / "bench.json").is_file()
