@@ -226,23 +226,29 @@ def plain_loop(corpus: Path, hidden_size: int, steps: int, repeats: int,
     return {"chars_per_s": steps * B * L / seconds, **peak_memory_mb(device)}
 
 
-def lightning_path(corpus: Path, hidden_size: int, steps: int, repeats: int,
-                   overrides: list[str], device: str = "cpu") -> dict[str, float]:
-    """(b)/(c): train.py's real path for repeats + 1 short epochs; the first is the warm-up."""
+def _train_config(corpus: Path, run_dir: str, hidden_size: int, steps: int, repeats: int,
+                  overrides: list[str], device: str):
     from hydra import compose, initialize_config_dir
 
     from charrnn.checkpoints import register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(ROOT / "conf" / "train"), version_base="1.3"):
+        return compose("train", overrides=[
+            f"data.path={corpus}", f"run_dir={run_dir}", f"model.hidden_size={hidden_size}",
+            f"trainer.max_epochs={repeats + 1}", f"trainer.limit_train_batches={steps}",
+            "early_stopping.patience=1000", f"trainer.accelerator={device}", *overrides,
+        ])
+
+
+def lightning_path(corpus: Path, hidden_size: int, steps: int, repeats: int,
+                   overrides: list[str], device: str = "cpu") -> dict[str, float]:
+    """(b)/(c): train.py's real path for repeats + 1 short epochs; the first is the warm-up."""
     from charrnn.report import read_scalars
     from charrnn.training import train
 
-    register_resolvers()
     with tempfile.TemporaryDirectory() as run_dir:
-        with initialize_config_dir(config_dir=str(ROOT / "conf" / "train"), version_base="1.3"):
-            cfg = compose("train", overrides=[
-                f"data.path={corpus}", f"run_dir={run_dir}", f"model.hidden_size={hidden_size}",
-                f"trainer.max_epochs={repeats + 1}", f"trainer.limit_train_batches={steps}",
-                "early_stopping.patience=1000", f"trainer.accelerator={device}", *overrides,
-            ])
+        cfg = _train_config(corpus, run_dir, hidden_size, steps, repeats, overrides, device)
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             train(cfg)
         logged = read_scalars(Path(run_dir))
@@ -250,6 +256,30 @@ def lightning_path(corpus: Path, hidden_size: int, steps: int, repeats: int,
     val_speeds = [v for _, v in logged["val/chars_per_s"]][1:]
     return {"chars_per_s": statistics.median(train_speeds),
             "val_chars_per_s": statistics.median(val_speeds), **peak_memory_mb(device)}
+
+
+def lightning_bare(corpus: Path, hidden_size: int, steps: int, repeats: int,
+                   device: str = "cpu") -> dict[str, float]:
+    """Lightning's own loop around the same module and data, and nothing else: no progress,
+    logger, diagnostics or checkpoints (the floor of (b)'s fixed cost)."""
+    import lightning as L
+
+    from charrnn.callbacks import SpeedMonitor
+    from charrnn.training import prepare
+
+    with tempfile.TemporaryDirectory() as run_dir:
+        cfg = _train_config(corpus, run_dir, hidden_size, steps, repeats, [], device)
+        dm, module, _ = prepare(cfg)
+        speed = SpeedMonitor()
+        trainer = L.Trainer(
+            max_epochs=repeats + 1, limit_train_batches=steps, accelerator=device,
+            gradient_clip_val=cfg.trainer.gradient_clip_val, num_sanity_val_steps=0,
+            logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, callbacks=[speed], default_root_dir=run_dir,
+        )
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            trainer.fit(module, datamodule=dm)
+    return {"chars_per_s": statistics.median(speed.epoch_chars_per_s[1:])}
 
 
 def bench_kernel(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
@@ -366,6 +396,8 @@ WORKERS = {
         a.corpus, OVERHEAD_HIDDEN, a.train_steps, a.repeats, "fp32", a.device, model="charrnn"),
     "overhead_lightning": lambda a: lightning_path(
         a.corpus, OVERHEAD_HIDDEN, a.train_steps, a.repeats, [], a.device),
+    "overhead_lightning_bare": lambda a: lightning_bare(
+        a.corpus, OVERHEAD_HIDDEN, a.train_steps, a.repeats, a.device),
     "corpus_encode": lambda a: corpus_encode(a.corpus, a.cache_dir),
     "corpus_train": lambda a: corpus_train(a.corpus, a.cache_dir, a.hidden_size, 20),
 }
@@ -423,21 +455,27 @@ def bench_train(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
 
 def bench_overhead(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
     """The fixed cost of a training step: train.py's path against a plain loop around the same
-    model, so small (hidden 16) that computing costs next to nothing. Milliseconds per step of
-    each, rounds interleaved; the overhead is the median of the rounds' differences."""
+    model, so small (hidden 16) that computing costs next to nothing, and Lightning's bare loop
+    between them. Milliseconds per step of each, rounds interleaved; the overheads are medians
+    of the rounds' differences."""
     corpus = args.corpus or bench_corpus_text(tmp, args.tiny)
-    plain, lightning = [], []
+    kinds = ("overhead_plain", "overhead_lightning_bare", "overhead_lightning")
+    ms: dict[str, list[float]] = {kind: [] for kind in kinds}
     for _ in range(args.rounds):
-        for kind, times in (("overhead_plain", plain), ("overhead_lightning", lightning)):
+        for kind in kinds:
             chars_per_s = run_worker(kind, args, corpus)["chars_per_s"]
-            times.append(1000 * 64 * 100 / chars_per_s)  # ms per step of 64 x 100 characters
-    differences = [b - a for a, b in zip(plain, lightning)]
+            ms[kind].append(1000 * 64 * 100 / chars_per_s)  # per step of 64 x 100 characters
+    plain, bare, full = (ms[kind] for kind in kinds)
+    overhead = [b - a for a, b in zip(plain, full)]
     return {
         "overhead_plain_ms_per_step": statistics.median(plain),
-        "overhead_lightning_ms_per_step": statistics.median(lightning),
-        "step_overhead_ms": statistics.median(differences),
-        "step_overhead_ms_min": min(differences),
-        "step_overhead_ms_max": max(differences),
+        "overhead_lightning_bare_ms_per_step": statistics.median(bare),
+        "overhead_lightning_ms_per_step": statistics.median(full),
+        "step_overhead_ms": statistics.median(overhead),
+        "step_overhead_ms_min": min(overhead),
+        "step_overhead_ms_max": max(overhead),
+        "step_overhead_lightning_loop_ms": statistics.median(b - a for a, b in zip(plain, bare)),
+        "step_overhead_project_ms": statistics.median(c - b for b, c in zip(bare, full)),
     }
 
 

@@ -42,6 +42,7 @@ class SpeedMonitor(Callback):
         self._val_start = 0.0
         self._val_chars = 0
         self._in_epoch = False
+        self.epoch_chars_per_s: list[float] = []  # each epoch of this process
 
     def _totals(self) -> tuple[int, float]:
         """Characters and seconds so far, the epoch in progress included (checkpoints are
@@ -91,6 +92,7 @@ class SpeedMonitor(Callback):
         self.train_chars, self.train_seconds = self._totals()
         self._in_epoch = False
         if seconds > 0:
+            self.epoch_chars_per_s.append(self._epoch_chars / seconds)
             pl_module.log("train/chars_per_s", self._epoch_chars / seconds)
 
     def state_dict(self) -> dict[str, Any]:

@@ -70,6 +70,7 @@ def test_generate_without_ckpt_path_uses_the_newest_run(tiny_cfg, tmp_path, monk
     assert f"using the newest run, {tmp_path / 'outputs' / 'b'}" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_non_ascii_prompt_and_missing_prompt_file_through_generate_py(tiny_cfg, tmp_path):
     train(tiny_cfg("trainer.max_epochs=1"))
     run = tmp_path / "run"

@@ -118,6 +118,7 @@ def test_split_needs_the_run_folder_and_its_corpus(trained, tmp_path):
         generate(cfg, stream=io.StringIO())
 
 
+@pytest.mark.slow
 def test_score_sweep_over_dynamic_lr_with_a_failing_job(trained, tmp_path):
     run, _ = trained
     result = run_script("generate.py", "-m", f"ckpt_path={run}", "mode=score", "split=val",

@@ -54,6 +54,7 @@ def test_default_run_has_no_study_or_launcher():
     assert "experiment" not in cfg and "launcher" not in cfg and cfg.torch_threads is None
 
 
+@pytest.mark.slow
 def test_sweep_summary_lists_every_job_and_failed_ones(corpus, tmp_path: Path):
     """A 3-job sweep where one job is forced to fail: the others complete, the summary has one
     row per job with the failure and its error, and the sweep exits non-zero."""
@@ -78,6 +79,7 @@ def test_sweep_summary_lists_every_job_and_failed_ones(corpus, tmp_path: Path):
     assert rows[0]["test_ppl"] <= rows[1]["test_ppl"]
 
 
+@pytest.mark.slow
 def test_parallel_launcher_runs_jobs_with_divided_threads(corpus, tmp_path: Path):
     import os
 

@@ -45,11 +45,15 @@ def test_auto_precision(monkeypatch, tmp_path, flags, gpu, accelerator, expected
     assert [p.device for p in plugins] == (["cpu"] if expected == "bf16-mixed" else [])
 
 
+@pytest.mark.slow
 def test_benchmark_harness_end_to_end_tiny(tmp_path):
-    results = bench(["--tiny", "--only", "train", "--only", "kernel",
+    results = bench(["--tiny", "--only", "train", "--only", "kernel", "--only", "overhead",
                      "--json", str(tmp_path / "bench.json")])
     assert results["ratio_b_over_a"] > 0 and results["ratio_c_over_a"] > 0
     assert results["ratio_bt_over_a_overhead"] > 0 and results["kernel_speedup_bf16"] > 0
     assert results["val_chars_per_s_fp32"] > 0 and results["peak_rss_mb_lightning_fp32"] > 0
+    assert results["overhead_lightning_bare_ms_per_step"] > 0
+    assert results["step_overhead_ms"] == pytest.approx(
+        results["step_overhead_lightning_loop_ms"] + results["step_overhead_project_ms"])
     report = json.loads((tmp_path / "bench.json").read_text())
     assert report["results"] == results and "torch" in report["machine"]

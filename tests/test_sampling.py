@@ -138,6 +138,7 @@ def test_bad_checkpoint_files_are_refused_without_running_code(trained, tmp_path
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_generate_entry_point_round_trip(trained, tmp_path):
     run, corpus = trained
     result = run_script("generate.py", f"ckpt_path={run}", "length=80", "prompt=to be",
@@ -222,6 +223,7 @@ def test_exponential_race_draws_with_the_given_probabilities():
     torch.testing.assert_close(counts / 20000, probs[0], atol=0.015, rtol=0)
 
 
+@pytest.mark.slow
 def test_benchmark_runs_end_to_end_tiny(tmp_path):
     from charrnn.bench import main
 

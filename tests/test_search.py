@@ -61,6 +61,7 @@ def test_search_space_syntax():
         search_space({})
 
 
+@pytest.mark.slow
 def test_search_runs_trials_records_failures_and_reports(corpus, tmp_path):
     """Four trials, one of them with a value that fails: the search goes on, the study holds
     every trial, each trial is a run folder, and the summary lists them best first with the
@@ -154,6 +155,7 @@ def test_a_killed_search_continues_in_its_folder(corpus, tmp_path):
     assert "interrupted" in (sweep / "summary.md").read_text()
 
 
+@pytest.mark.slow
 def test_two_searches_never_share_a_study(corpus, tmp_path):
     sweep = tmp_path / "outputs" / "s"
     sweep.mkdir(parents=True)
@@ -175,6 +177,7 @@ def test_two_searches_never_share_a_study(corpus, tmp_path):
     assert not list(sweep.glob("trial-*"))
 
 
+@pytest.mark.slow
 def test_max_time_stops_after_a_whole_trial(corpus, tmp_path):
     result = search(corpus, tmp_path, "hydra.sweeper.n_trials=20", "hydra.sweeper.max_time=0.1",
                     "hydra.sweep.dir=outputs/s")

@@ -160,6 +160,7 @@ def test_new_run_refuses_a_folder_with_checkpoints(tiny_cfg, tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_cli_multirun_resume_shorthand_and_clean_root(corpus, tmp_path):
     """train.py as a user runs it: a 2x2 sweep in outputs/multirun, then resume one job by its
     folder; nothing appears in the working directory besides outputs/."""
@@ -190,7 +191,7 @@ def test_cli_multirun_resume_shorthand_and_clean_root(corpus, tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["data.path=missing.txt"], "corpus file not found"),
+        pytest.param(["data.path=missing.txt"], "corpus file not found", marks=pytest.mark.slow),
         (["model.cell=lstmm"], "unknown model.cell 'lstmm'"),
     ],
 )
