@@ -105,9 +105,9 @@ def cached_corpus(path: str | Path, cache_dir: str | Path) -> tuple[CharVocab, t
 class MappedGather:
     """`data[positions]` for a memory-mapped corpus that leaves no file pages mapped behind.
 
-    The kernel maps file pages in large blocks (up to 2 MB around each 100-character window),
-    and they count as this process's resident memory until unmapped: random windows otherwise
-    make a 300 MB corpus ~300 MB of RSS within a few thousand windows. Each row is copied out
+    The kernel maps file pages in large blocks around each window read, and they count as this
+    process's resident memory until unmapped: random windows otherwise make a large corpus as
+    large in RSS within a few thousand windows (docs/performance.md). Each row is copied out
     and its block unmapped at once. The data stays in the page cache (the kernel's to reclaim)
     and is mapped again when read; the mapping is private and never written, so nothing is lost.
     """

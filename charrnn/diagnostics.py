@@ -122,9 +122,10 @@ class GradientMonitor(Callback):
     untrained model already scores). The exception is raised before the next validation, so no
     checkpoint of the diverged weights is written and the last good one stays.
 
-    Reading a GPU tensor waits for the GPU, and Lightning's `self.log` cost 1.2 ms per step here:
-    each step's loss and norm are kept as tensors and read together every `check_every_n_steps`
-    steps (and always before validation and at the epoch's end), then checked and written
+    Reading a GPU tensor waits for the GPU, and Lightning's `self.log` costs a fixed time per
+    call: each step's loss and norm are kept as tensors and read together every
+    `check_every_n_steps` steps (and always before validation and at the epoch's end), then
+    checked and written
     straight to TensorBoard (every `trainer.log_every_n_steps`, steps numbered from 0 as
     Lightning's own).
     """

@@ -5,7 +5,7 @@ the gradient of W_hh as T small (B x H x H) products. Here a step is two in-plac
 (`h_t = tanh(a_t + h_{t-1} W_hh^T)`) and two backward, and the gradient of W_hh is one large
 product over all steps at the end. With one-hot input, `one_hot(x) @ W_ih^T` is a row lookup
 in W_ih^T, so no one-hot tensor is built on the way forward. Tests check values and gradients
-against nn.RNN; README (Performance) has the speed-up. Tensors inside are time-major (T, B, H).
+against nn.RNN; docs/performance.md has the speed-up. Tensors inside are time-major (T, B, H).
 """
 
 from __future__ import annotations
