@@ -179,16 +179,23 @@ def build_trainer(cfg: DictConfig, callbacks: RunCallbacks) -> L.Trainer:
 def fit(trainer: L.Trainer, module: CharRNNModule, dm: CharDataModule, resume: Path | None,
         callbacks: RunCallbacks) -> None:
     """trainer.fit; Ctrl-C ends in a TrainingInterrupted that says what was saved."""
+    _interruptible(trainer, callbacks, trainer.fit, module, datamodule=dm, ckpt_path=resume)
+
+
+def _interruptible(trainer: L.Trainer, callbacks: RunCallbacks, run, *args, **kwargs):
+    """Run a Trainer method; Lightning answers Ctrl-C by exiting with status 1, this raises a
+    TrainingInterrupted instead (train.py turns it into its message and status 130)."""
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=resume)
+        result = run(*args, **kwargs)
         interrupted = trainer.interrupted
-    except SystemExit:  # Lightning's answer to Ctrl-C: it catches it and exits with status 1
+    except SystemExit:
         if not trainer.interrupted:
             raise
         interrupted = True
     if interrupted:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores it now
         raise TrainingInterrupted(_interruption_message(callbacks))
+    return result
 
 
 def _interruption_message(callbacks: RunCallbacks) -> str:
@@ -216,7 +223,8 @@ def test_and_write_metrics(cfg: DictConfig, trainer: L.Trainer, module: CharRNNM
     best = checkpoint.best_model_path or str(run_dir / CHECKPOINT_DIR / LAST)
     test = {"test/loss": None, "test/ppl": None}
     if cfg.test:
-        (test,) = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
+        (test,) = _interruptible(trainer, callbacks, trainer.test, module, datamodule=dm,
+                                 ckpt_path=best, verbose=False)
     best_val = checkpoint.best_model_score
     metrics = {
         "best_val_loss": float(best_val) if best_val is not None else None,
