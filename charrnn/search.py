@@ -38,6 +38,7 @@ PRUNERS = ("median", "hyperband", "none")
 # A trial whose search was killed stays RUNNING in the study; the next search in the folder
 # marks it failed with this user attribute, and does not count it against n_trials.
 INTERRUPTED = "interrupted"
+PRUNER = "pruner"  # study attribute: the settings of the pruner its trials use
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweeper prints its own lines
 
@@ -130,9 +131,10 @@ def make_pruner(kind: str, n_startup_trials: int, n_warmup_steps: int, min_resou
 
 
 def open_study(sweep_dir: Path, study_name: str, identity: dict[str, Any], continuing: bool,
-               pruner: optuna.pruners.BasePruner) -> optuna.Study:
+               pruner: dict[str, Any]) -> optuna.Study:
     """A new study in `sweep_dir`, or (`continuing`) the one there, which must be the same
-    search: the same name, search space and fixed settings (`identity`)."""
+    search: the same name, search space and fixed settings (`identity`). `pruner`: the
+    settings of make_pruner, stored with the study for the trials' jobs."""
     path = sweep_dir / STUDY_FILE
     if continuing and not path.is_file():
         raise CharRNNError(
@@ -148,10 +150,11 @@ def open_study(sweep_dir: Path, study_name: str, identity: dict[str, Any], conti
     sweep_dir.mkdir(parents=True, exist_ok=True)
     storage = open_storage(storage_url(sweep_dir))
     if not continuing:
-        study = optuna.create_study(study_name=study_name, storage=storage, pruner=pruner,
-                                    direction="minimize")
+        study = optuna.create_study(study_name=study_name, storage=storage,
+                                    pruner=make_pruner(**pruner), direction="minimize")
         for key, value in identity.items():
             study.set_user_attr(key, value)
+        study.set_user_attr(PRUNER, pruner)
         return study
     names = optuna.get_all_study_names(storage)
     if study_name not in names:
@@ -159,7 +162,8 @@ def open_study(sweep_dir: Path, study_name: str, identity: dict[str, Any], conti
             f"{path} holds the search {', '.join(names)}, not {study_name}: continue it with "
             f"the hparams_search it was started with."
         )
-    study = optuna.load_study(study_name=study_name, storage=storage, pruner=pruner)
+    study = optuna.load_study(study_name=study_name, storage=storage,
+                              pruner=make_pruner(**pruner))
     different = _differences(study.user_attrs, identity)
     if different:
         raise CharRNNError(
@@ -244,8 +248,11 @@ class TrialReporter(Callback):
         self._trial: optuna.Trial | None = None
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        self._study = optuna.load_study(study_name=self.study_name,
-                                        storage=open_storage(self.storage))
+        storage = open_storage(self.storage)
+        # The pruner is the sweeper's (hydra.sweeper.pruner), kept with the study for its jobs.
+        settings = optuna.load_study(study_name=self.study_name, storage=storage).user_attrs
+        self._study = optuna.load_study(study_name=self.study_name, storage=storage,
+                                        pruner=make_pruner(**settings[PRUNER]))
         frozen = next(t for t in self._study.get_trials(deepcopy=False)
                       if t.number == self.number)
         self._trial = optuna.trial.Trial(self._study, frozen._trial_id)

@@ -121,6 +121,13 @@ def test_pruned_trials_keep_their_folders(corpus, tmp_path):
         assert (tmp_path / "outputs" / "s" / f"trial-{trial.number}" / "checkpoints"
                 / "last.ckpt").is_file()
     assert "| pruned |" in (tmp_path / "outputs" / "s" / "summary.md").read_text()
+    # The jobs prune with the sweeper's settings: with a warm-up longer than a trial, never.
+    result = search(corpus, tmp_path, "hydra.sweeper.n_trials=6", "trainer.max_epochs=4",
+                    "module.lr=choice(0.01, 0.000001)", "hydra.sweep.dir=outputs/w",
+                    "hydra.sweeper.pruner.n_warmup_steps=10")
+    assert result.returncode == 0, result.stderr[-3000:]
+    states = [t.state for t in load_study(tmp_path / "outputs" / "w").trials]
+    assert len(states) == 6 and TrialState.PRUNED not in states
 
 
 @pytest.mark.slow

@@ -111,11 +111,11 @@ class OptunaSearchSweeper(Sweeper):
         fixed += fixed_params
         identity = {"space": {k: repr(d) for k, d in sorted(space.items())},
                     "fixed": sorted(o for o in fixed if not o.startswith("hydra.sweeper."))}
-        pruner = search.make_pruner(**self.pruner)
+        search.make_pruner(**self.pruner)  # a bad setting fails here, before any trial
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         with search.exclusive(self.sweep_dir):
             study = search.open_study(self.sweep_dir, self.study_name, identity,
-                                      self.study_dir is not None, pruner)
+                                      self.study_dir is not None, self.pruner)
             # Seeded by the trials so far: a continued search does not draw its first
             # trials again.
             study.sampler = optuna.samplers.TPESampler(
