@@ -137,7 +137,8 @@ def test_a_killed_search_continues_in_its_folder(corpus, tmp_path):
     the same sweep folder, and the summary covers them all."""
     args = [sys.executable, str(ROOT / "train.py"), "-m", "hparams_search=rnn",
             f"data.path={corpus}", *TINY_SEARCH, "trainer.max_epochs=60",
-            "early_stopping.patience=200", "hydra.sweeper.n_trials=2"]
+            "early_stopping.patience=200", "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.pruner.kind=none"]  # every continued trial must run to the end
     proc = subprocess.Popen([*args, "hydra.sweep.dir=outputs/s"], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
