@@ -31,11 +31,14 @@ def _sync(pl_module: L.LightningModule) -> None:
 
 class SpeedMonitor(Callback):
     """Training characters/s per epoch (validation time excluded), summed across resumes, and
-    validation characters/s."""
+    validation characters/s; the run's wall time before this process (`earlier_wall_seconds`:
+    up to the checkpoint it resumed from)."""
 
     def __init__(self) -> None:
         self.train_chars = 0  # over the whole run, including before a resume
         self.train_seconds = 0.0
+        self.earlier_wall_seconds = 0.0
+        self._fit_start = time.perf_counter()
         self._epoch_chars = 0
         self._epoch_start = 0.0
         self._val_seconds = 0.0
@@ -56,6 +59,9 @@ class SpeedMonitor(Callback):
     def chars_per_second(self) -> float:
         chars, seconds = self._totals()
         return chars / seconds if seconds else 0.0
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._fit_start = time.perf_counter()
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_chars, self._val_seconds = 0, 0.0
@@ -97,11 +103,13 @@ class SpeedMonitor(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         chars, seconds = self._totals()
-        return {"train_chars": chars, "train_seconds": seconds}
+        wall = self.earlier_wall_seconds + time.perf_counter() - self._fit_start
+        return {"train_chars": chars, "train_seconds": seconds, "wall_seconds": wall}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.train_chars = state_dict["train_chars"]
         self.train_seconds = state_dict["train_seconds"]
+        self.earlier_wall_seconds = state_dict.get("wall_seconds", 0.0)  # older checkpoints
 
 
 class ProgressLines(ProgressBar):

@@ -213,13 +213,14 @@ def test_and_write_metrics(cfg: DictConfig, trainer: L.Trainer, module: CharRNNM
                            dm: CharDataModule, callbacks: RunCallbacks, resume: Path | None,
                            seconds: float) -> dict[str, Any]:
     """Score the best checkpoint on the test split (when `cfg.test`); write metrics.json and
-    the HParams entry."""
+    the HParams entry. `seconds`: this process's time; a resumed run adds the time before."""
     run_dir = Path(cfg.run_dir)
     checkpoint = callbacks.checkpoint
     # Read the fit's outcome now: testing a checkpoint restores the callbacks' state from it.
     early_stopped = callbacks.early_stopping.stopped_epoch > 0
     epochs_run = trainer.current_epoch
     train_chars_per_s = callbacks.speed.chars_per_second
+    earlier_seconds = callbacks.speed.earlier_wall_seconds
     best = checkpoint.best_model_path or str(run_dir / CHECKPOINT_DIR / LAST)
     test = {"test/loss": None, "test/ppl": None}
     if cfg.test:
@@ -234,7 +235,7 @@ def test_and_write_metrics(cfg: DictConfig, trainer: L.Trainer, module: CharRNNM
         "best_epoch": _best_epoch(checkpoint.best_model_path),
         "epochs_run": epochs_run,
         "early_stopped": early_stopped,
-        "wall_time_s": round(seconds, 1),
+        "wall_time_s": round(earlier_seconds + seconds, 1),
         "train_chars_per_s": round(train_chars_per_s),
         "best_checkpoint": best,
         "resumed_from": str(resume) if resume else None,

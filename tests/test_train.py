@@ -2,6 +2,7 @@
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -83,9 +84,15 @@ def test_resume_matches_an_uninterrupted_run(tiny_cfg, tmp_path):
     stopped: the batch order depends only on (seed, epoch) and the model has no dropout, so
     every operation is repeated in the same order on the same CPU."""
     train(tiny_cfg("trainer.max_epochs=3", run="whole"))
-    train(tiny_cfg("trainer.max_epochs=1", run="split"))
+    first = train(tiny_cfg("trainer.max_epochs=1", run="split"))
     last = tmp_path / "split" / "checkpoints" / "last.ckpt"
-    train(tiny_cfg("trainer.max_epochs=3", f"ckpt_path={last}", run="split"))
+    before = torch.load(last, weights_only=True)["callbacks"]["SpeedMonitor"]["wall_seconds"]
+    start = time.perf_counter()
+    second = train(tiny_cfg("trainer.max_epochs=3", f"ckpt_path={last}", run="split"))
+    elapsed = time.perf_counter() - start
+    # wall_time_s covers the whole run: the time up to the checkpoint, then this process's.
+    assert 0.1 < before <= first["wall_time_s"] + 0.05  # rounded to 0.1 s
+    assert elapsed < second["wall_time_s"] <= before + elapsed + 0.05
 
     whole = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt", weights_only=True)
     split = torch.load(last, weights_only=True)
