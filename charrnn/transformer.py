@@ -49,6 +49,35 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + torch.cat([-second, first], dim=-1) * sin
 
 
+def extend(past: torch.Tensor, new: torch.Tensor, window: int) -> torch.Tensor:
+    """past (B, heads, n, d) followed by new (B, heads, T, d) along the positions.
+
+    Without autograd (generation, static scoring) a cache grows by a character per generated
+    step, and concatenating would copy all of it every time. So the cache is a view into a
+    buffer with room after its end: `new` is written there and a longer view returned; when the
+    room runs out, a buffer of twice the window is made, so the whole cache is copied once every
+    ~window steps. The buffer is found from the view's strides (buffers are contiguous and start
+    their storage; views of autograd-free tensors do not keep `_base`). Caches returned earlier
+    keep their contents, since only positions after their end are written, but two steps from
+    the same cache would write the same places: a cache is used once, as generation does."""
+    B, H, n, d = past.shape
+    T = new.shape[2]
+    if not torch.is_grad_enabled() and past.dtype == new.dtype and d:
+        capacity = past.stride(1) // d
+        start, rest = divmod(past.storage_offset(), d)
+        if (past.stride() == (H * capacity * d, capacity * d, d, 1) and rest == 0
+                and start + n + T <= capacity
+                and past.untyped_storage().nbytes() >= B * H * capacity * d * past.element_size()):
+            past.as_strided((B, H, T, d), past.stride(), past.storage_offset() + n * d).copy_(new)
+            return past.as_strided((B, H, n + T, d), past.stride(), past.storage_offset())
+    if torch.is_grad_enabled():  # training and dynamic evaluation: autograd's plain path
+        return torch.cat([past, new], dim=2)
+    buffer = new.new_empty(B, H, max(2 * window, n + T), d)
+    buffer[:, :, :n] = past
+    buffer[:, :, n : n + T] = new
+    return buffer[:, :, : n + T]
+
+
 def window_mask(queries: int, keys: int, window: int, device: torch.device) -> torch.Tensor:
     """(queries, keys) True where attention is allowed: the last `queries` of `keys` positions
     each see themselves and the `window - 1` positions before them."""
@@ -72,7 +101,7 @@ class SelfAttention(nn.Module):
         q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)  # (B, heads, T, d)
         if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+            k, v = extend(past[0], k, window), extend(past[1], v, window)
         S = k.shape[2]
         dropout = self.dropout if self.training else 0.0
         if S == T and T <= window:  # a window from its start: plain causal attention

@@ -67,6 +67,24 @@ def test_a_full_window_slides():
         torch.testing.assert_close(window[:, -1], stepped[:, t])
 
 
+def test_a_step_writes_after_the_cache_instead_of_copying_it():
+    """Generation appends each step's keys in place: one new buffer every few steps, not one
+    per step, and a cache returned earlier keeps its contents."""
+    model = tiny(context_length=5, num_layers=1)
+    x = torch.randint(0, 11, (2, 40))
+    step = model.stepper()
+    with torch.inference_mode():  # as generation runs it
+        _, cache = model(x[:, :1])
+        buffers, earlier = set(), None
+        for t in range(1, 40):
+            if t == 20:
+                earlier = (cache, cache.layers[0][0].clone())
+            _, cache = step(x[:, t], cache)
+            buffers.add(cache.layers[0][0].untyped_storage().data_ptr())
+    assert len(buffers) <= 10  # a buffer of twice the window every ~5 steps: 8, not 39
+    assert torch.equal(earlier[0].layers[0][0], earlier[1])
+
+
 def test_rotary_angles_keep_their_precision_far_into_a_text():
     from charrnn.transformer import KVCache
 
