@@ -163,3 +163,25 @@ def test_readme_is_a_front_door():
 def test_links_between_pages_resolve(doc):
     for target in re.findall(r"\]\(([^)#:]+\.(?:md|png))", doc.read_text(encoding="utf-8")):
         assert (doc.parent / target).is_file(), f"{doc.name}: broken link {target}"
+
+
+def _leaf_keys(node: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        keys += _leaf_keys(value, f"{name}.") if isinstance(value, dict) and value else [name]
+    return keys
+
+
+@pytest.mark.parametrize("name", ["train", "generate"])
+def test_configuration_page_documents_every_key(name):
+    """docs/configuration.md names every key of the default train.py and generate.py configs
+    (Hydra's own `hydra.*` keys aside): a key added to conf/ without its line there fails."""
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF if name == "train" else GENERATE_CONF,
+                               version_base="1.3"):
+        cfg = OmegaConf.to_container(compose(name), resolve=False)
+    page = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    missing = [key for key in _leaf_keys(cfg) if f"`{key}`" not in page]
+    assert not missing, "docs/configuration.md does not document: " + ", ".join(missing)
