@@ -248,11 +248,10 @@ class TrialReporter(Callback):
         self._trial: optuna.Trial | None = None
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        storage = open_storage(self.storage)
+        self._study = optuna.load_study(study_name=self.study_name,
+                                        storage=open_storage(self.storage))
         # The pruner is the sweeper's (hydra.sweeper.pruner), kept with the study for its jobs.
-        settings = optuna.load_study(study_name=self.study_name, storage=storage).user_attrs
-        self._study = optuna.load_study(study_name=self.study_name, storage=storage,
-                                        pruner=make_pruner(**settings[PRUNER]))
+        self._study.pruner = make_pruner(**self._study.user_attrs[PRUNER])
         frozen = next(t for t in self._study.get_trials(deepcopy=False)
                       if t.number == self.number)
         self._trial = optuna.trial.Trial(self._study, frozen._trial_id)

@@ -60,18 +60,17 @@ def extend(past: torch.Tensor, new: torch.Tensor, window: int) -> torch.Tensor:
     their storage; views of autograd-free tensors do not keep `_base`). Caches returned earlier
     keep their contents, since only positions after their end are written, but two steps from
     the same cache would write the same places: a cache is used once, as generation does."""
-    B, H, n, d = past.shape
-    T = new.shape[2]
-    if not torch.is_grad_enabled() and past.dtype == new.dtype and d:
-        capacity = past.stride(1) // d
-        start, rest = divmod(past.storage_offset(), d)
-        if (past.stride() == (H * capacity * d, capacity * d, d, 1) and rest == 0
-                and start + n + T <= capacity
-                and past.untyped_storage().nbytes() >= B * H * capacity * d * past.element_size()):
-            past.as_strided((B, H, T, d), past.stride(), past.storage_offset() + n * d).copy_(new)
-            return past.as_strided((B, H, n + T, d), past.stride(), past.storage_offset())
     if torch.is_grad_enabled():  # training and dynamic evaluation: autograd's plain path
         return torch.cat([past, new], dim=2)
+    B, H, n, d = past.shape
+    T = new.shape[2]
+    capacity = past.stride(1) // d
+    start, rest = divmod(past.storage_offset(), d)
+    if (past.dtype == new.dtype and past.stride() == (H * capacity * d, capacity * d, d, 1)
+            and rest == 0 and start + n + T <= capacity
+            and past.untyped_storage().nbytes() >= B * H * capacity * d * past.element_size()):
+        past.as_strided((B, H, T, d), past.stride(), past.storage_offset() + n * d).copy_(new)
+        return past.as_strided((B, H, n + T, d), past.stride(), past.storage_offset())
     buffer = new.new_empty(B, H, max(2 * window, n + T), d)
     buffer[:, :, :n] = past
     buffer[:, :, n : n + T] = new

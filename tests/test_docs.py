@@ -101,17 +101,21 @@ def test_documented_command_composes_against_conf(where, command):
 def _configs() -> list[dict]:
     """train.yaml with a search and each launcher, and generate.yaml, as plain nested dicts
     (interpolations left as written)."""
+    return [_compose(config_dir, name, extra, hydra=True)
+            for config_dir, name, extra in ((CONF, "train", ["hparams_search=lstm"]),
+                                            (CONF, "train", ["launcher=slurm"]),
+                                            (CONF, "train", ["launcher=parallel"]),
+                                            (GENERATE_CONF, "generate", []))]
+
+
+def _compose(config_dir, name: str, overrides: list[str], hydra: bool = False) -> dict:
+    """One config composed as a plain nested dict, interpolations left as written; `hydra`:
+    with Hydra's own `hydra.*` keys."""
     register_resolvers()
-    configs = []
-    for config_dir, name, extra in ((CONF, "train", ["hparams_search=lstm"]),
-                                    (CONF, "train", ["launcher=slurm"]),
-                                    (CONF, "train", ["launcher=parallel"]),
-                                    (GENERATE_CONF, "generate", [])):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
-            cfg = compose(name, overrides=extra, return_hydra_config=True)
-        configs.append(OmegaConf.to_container(cfg, resolve=False))
-    return configs
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        cfg = compose(name, overrides=overrides, return_hydra_config=hydra)
+    return OmegaConf.to_container(cfg, resolve=False)
 
 
 def _key_exists(key: str, configs: list[dict]) -> bool:
@@ -177,11 +181,7 @@ def _leaf_keys(node: dict, prefix: str = "") -> list[str]:
 def test_configuration_page_documents_every_key(name):
     """docs/configuration.md names every key of the default train.py and generate.py configs
     (Hydra's own `hydra.*` keys aside): a key added to conf/ without its line there fails."""
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF if name == "train" else GENERATE_CONF,
-                               version_base="1.3"):
-        cfg = OmegaConf.to_container(compose(name), resolve=False)
+    cfg = _compose(CONF if name == "train" else GENERATE_CONF, name, [])
     page = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
     missing = [key for key in _leaf_keys(cfg) if f"`{key}`" not in page]
     assert not missing, "docs/configuration.md does not document: " + ", ".join(missing)
