@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
-from charrnn.errors import CharRNNError
+from charrnn.errors import CharRNNError, check_positive_int
 from charrnn.model import CharModel, CharRNN
 
 DISTANCES = (1, 10, 25, 50, 99)  # k logged as scalars (those below seq_length)
@@ -75,9 +75,12 @@ def hidden_state_gradients(model: CharRNN, x: torch.Tensor, y: torch.Tensor) -> 
     state is a tensor autograd can differentiate against; parameters get no gradients.
     """
     with _EvalWithGradients(model):
-        state, hs = None, []
+        # In eval mode (no dropout of any kind) the model is its recurrence between `embed`
+        # and the head: stepping the recurrence alone skips a head and the model's own
+        # bookkeeping at every step.
+        inputs, state, hs = model.embed(x), None, []
         for t in range(x.shape[1]):
-            _, state = model(x[:, t : t + 1], state)
+            _, state = model.rnn(inputs[:, t : t + 1], state)
             hs.append(state[0] if isinstance(state, tuple) else state)  # (layers, B, H)
         # The last output is the top layer of the last state: take it from there so that
         # h_T itself is in the graph (k = 0).
@@ -94,13 +97,17 @@ HIDDEN_LABEL = "||dL_T / dh_{T-k}||"  # the hidden state: recurrent cells
 
 
 def plot_distance_curves(curves: dict[str, torch.Tensor], title: str, ylabel: str = INPUT_LABEL):
-    """A matplotlib figure of a gradient against the distance k, log scale, one line a curve."""
-    import matplotlib
+    """A matplotlib figure of a gradient against the distance k, log scale, one line a curve.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Not made through pyplot, which keeps every figure until it is closed: a sweep's jobs run
+    in one process, each with a figure of its own.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    fig = Figure(figsize=(6, 3.6), dpi=100)
+    FigureCanvasAgg(fig)  # renders into memory (canvas.draw, savefig)
+    ax = fig.subplots()
     for label, curve in curves.items():
         ax.semilogy(range(len(curve)), curve.clamp_min(1e-30).cpu().numpy(), label=label)
     ax.set_xlabel("distance k (time steps back from the last)")
@@ -214,23 +221,50 @@ class GradientMonitor(Callback):
 
 class VanishingMonitor(Callback):
     """Every `every_n_steps` steps, the gradient-distance curves on a fixed validation batch:
-    one image (log scale) and scalars at a few distances. `every_n_steps=0` turns it off.
+    scalars at a few distances, and at most every `image_every_n_steps` steps one image of the
+    curves (log scale). `every_n_steps=0` turns it off; `image_every_n_steps=0` leaves out the
+    image.
 
     grad_distance_input/: ||dL_T/dx_{T-k}|| for every cell; grad_distance_hidden/:
-    ||dL_T/dh_{T-k}|| as well for recurrent cells; grad_distance/curve draws both. The figure
-    is made once and redrawn: making a matplotlib figure costs more than measuring.
+    ||dL_T/dh_{T-k}|| as well for recurrent cells; grad_distance/curve draws both. Drawing
+    costs about as much as measuring, and TensorBoard shows only 10 images of a tag unless told
+    otherwise (--samples_per_plugin images=N): hence the images' own, longer interval. The
+    figure is made once, when training starts (matplotlib's import and a new figure cost more
+    than a measurement), and redrawn.
     """
 
-    def __init__(self, every_n_steps: int = 250, batch_size: int = 32) -> None:
+    def __init__(self, every_n_steps: int = 250, batch_size: int = 32,
+                 image_every_n_steps: int = 1000) -> None:
+        for key, value in (("vanishing.every_n_steps", every_n_steps),
+                           ("vanishing.image_every_n_steps", image_every_n_steps)):
+            if value != 0:  # 0: off
+                check_positive_int(key, value, "conf/train/train.yaml (0 turns it off)")
         self.every_n_steps = every_n_steps
         self.batch_size = batch_size
+        self.image_every_n_steps = image_every_n_steps
         self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self._figure = None
+        self._next_image_step = 0  # the first measurement draws one
 
     def on_fit_start(self, trainer, pl_module) -> None:
         if self.every_n_steps and trainer.datamodule is not None:
             x, y = next(iter(trainer.datamodule.val_dataloader()))
             self._batch = (x[: self.batch_size], y[: self.batch_size])
+
+    @rank_zero_only
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self._batch is not None and self.image_every_n_steps:
+            flat = torch.ones(self._batch[0].shape[1])
+            names = ("input", "hidden") if pl_module.model.recurrent else ("input",)
+            self._draw(dict.fromkeys(names, flat), trainer.global_step)
+
+    def _curves(self, pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
+        x, y = (t.to(pl_module.device) for t in self._batch)
+        model = pl_module.model
+        curves = {"input": input_gradients(model, x, y).cpu()}
+        if model.recurrent:
+            curves["hidden"] = hidden_state_gradients(model, x, y).cpu()
+        return curves
 
     @rank_zero_only
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -240,11 +274,7 @@ class VanishingMonitor(Callback):
         writer = getattr(trainer.logger, "experiment", None)
         if not hasattr(writer, "add_image"):
             return
-        x, y = (t.to(pl_module.device) for t in self._batch)
-        model = pl_module.model
-        curves = {"input": input_gradients(model, x, y).cpu()}
-        if model.recurrent:
-            curves["hidden"] = hidden_state_gradients(model, x, y).cpu()
+        curves = self._curves(pl_module)
         for name, curve in curves.items():
             # Straight to TensorBoard: a value given to pl_module.log in this hook is logged
             # again at every later step of the epoch.
@@ -252,8 +282,10 @@ class VanishingMonitor(Callback):
                 if k < len(curve):
                     writer.add_scalar(f"grad_distance_{name}/k={k}", float(curve[k]),
                                       global_step=step)
-        writer.add_image("grad_distance/curve", self._draw(curves, step), global_step=step,
-                         dataformats="HWC")
+        if self.image_every_n_steps and step >= self._next_image_step:
+            writer.add_image("grad_distance/curve", self._draw(curves, step), global_step=step,
+                             dataformats="HWC")
+            self._next_image_step = step + self.image_every_n_steps
 
     def _draw(self, curves: dict[str, torch.Tensor], step: int):
         """The curves as an RGB image (H, W, 3), redrawn on one figure."""

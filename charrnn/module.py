@@ -53,6 +53,15 @@ class CharRNNModule(L.LightningModule):
         # a step never waits for the device.
         self._totals: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = dict.fromkeys(STAGES)
 
+    def __setattr__(self, name: str, value) -> None:
+        # The Trainer sets _current_fx_name before and after every hook, ~50 times a step;
+        # nn.Module's __setattr__ looks through parameters, buffers and submodules first
+        # (~1 us each). A string is none of those.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def forward(self, x: torch.Tensor, state=None):
         return self.model(x, state)
 
@@ -64,7 +73,8 @@ class CharRNNModule(L.LightningModule):
         loss_sum = F.cross_entropy(
             logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
         )
-        n_targets = (y != IGNORE_INDEX).sum()
+        # Training windows are never padded: their count needs no tensor operations.
+        n_targets = y.numel() if stage == "train" else (y != IGNORE_INDEX).sum()
         total = loss_sum.detach().to(_accumulator_dtype(loss_sum.device))
         if self._totals[stage] is not None:
             old_sum, old_count = self._totals[stage]
@@ -87,6 +97,7 @@ class CharRNNModule(L.LightningModule):
         if self._totals[stage] is None:
             return
         (loss_sum, count), self._totals[stage] = self._totals[stage], None
+        count = torch.as_tensor(count, device=loss_sum.device)  # an int in training
         if self._trainer is not None:  # summed over every process (DDP)
             loss_sum = self.trainer.strategy.reduce(loss_sum, reduce_op="sum")
             count = self.trainer.strategy.reduce(count, reduce_op="sum")

@@ -11,6 +11,7 @@ from charrnn.diagnostics import (
     TrainingDiverged,
     hidden_state_gradients,
     input_gradients,
+    main,
 )
 from charrnn.model import CharRNN, build_model
 from charrnn.training import train
@@ -125,7 +126,7 @@ def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tiny
 
 
 def test_diagnostics_reach_tensorboard(tiny_cfg, tmp_path):
-    train(tiny_cfg("vanishing.every_n_steps=5"))
+    train(tiny_cfg("vanishing.every_n_steps=5", "vanishing.image_every_n_steps=8"))
     acc = EventAccumulator(str(tmp_path / "run"), size_guidance={"images": 0, "histograms": 0})
     acc.Reload()
     tags = acc.Tags()
@@ -135,6 +136,16 @@ def test_diagnostics_reach_tensorboard(tiny_cfg, tmp_path):
         k1 = acc.Scalars(f"grad_distance_{name}/k=1")
         assert [e.step for e in k1] == [5, 10, 15, 20, 25, 30, 35]  # every 5 steps, once each
         assert all(math.isfinite(e.value) and e.value > 0 for e in k1)
-    assert "grad_distance/curve" in tags["images"] and len(acc.Images("grad_distance/curve")) == 7
+    # The image at the first measurement, then at the first one at least 8 steps later.
+    assert [e.step for e in acc.Images("grad_distance/curve")] == [5, 15, 25, 35]
     assert "train/clipped_fraction" in tags["scalars"]
     assert "train/grad_norm_hist" in tags["histograms"]
+
+
+def test_runs_are_compared_in_a_png(tiny_cfg, tmp_path, capsys):
+    train(tiny_cfg("vanishing.every_n_steps=0", "test=false"))
+    out = tmp_path / "gradients.png"
+    for extra in ([], ["--hidden"]):
+        main([str(tmp_path / "run"), "--out", str(out), *extra])
+        assert out.read_bytes()[:4] == b"\x89PNG" and out.stat().st_size > 10_000
+    assert "rnn (" in capsys.readouterr().out  # the table: cell, parameters, steps

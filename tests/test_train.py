@@ -1,6 +1,7 @@
 """End to end: the real configs, real training steps on tiny corpora, the real entry point."""
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -123,12 +124,22 @@ def test_resume_matches_an_uninterrupted_run(tiny_cfg, tmp_path):
         (["data.val_fraction=0.6", "data.test_fraction=0.4"], "leave no training data"),
         (["module.lr_schedule=cosine"], "unknown module.lr_schedule 'cosine'"),
         (["samples.prompt=@"], "samples.prompt has characters that are not in the vocabulary: '@'"),
+        (["vanishing.every_n_steps=-1"], "vanishing.every_n_steps must be a positive integer"),
+        (["vanishing.image_every_n_steps=1.5"],
+         "vanishing.image_every_n_steps must be a positive integer.*0 turns it off"),
+        (["trainer.profiler=fast"], "unknown trainer.profiler 'fast': allowed values are null"),
     ],
 )
 def test_bad_settings_fail_before_training(tiny_cfg, tmp_path, overrides, message):
     with pytest.raises(CharRNNError, match=message):
         train(tiny_cfg(*overrides))
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_profiler_reports_where_the_time_goes(tiny_cfg, caplog):
+    with caplog.at_level(logging.INFO):
+        train(tiny_cfg("trainer.profiler=simple", "trainer.max_epochs=1"))
+    assert "Profiler Report" in caplog.text and "run_training_batch" in caplog.text
 
 
 def test_bad_checkpoints_and_vocab_mismatch(tiny_cfg, tmp_path):
