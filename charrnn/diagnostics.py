@@ -167,8 +167,9 @@ class GradientMonitor(Callback):
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        values = torch.stack([torch.stack([loss.float(), norm.float()])
-                              for _, _, loss, norm in pending]).cpu()  # one sync
+        losses = torch.stack([loss for _, _, loss, _ in pending]).float()
+        norms = torch.stack([norm for _, _, _, norm in pending]).float()
+        values = torch.stack([losses, norms], dim=1).cpu()  # (steps, 2); one sync
         self._norms.extend(values[:, 1].tolist())
         self._loss_sum += float(values[:, 0].sum())
         self._loss_count += len(pending)
