@@ -5,6 +5,7 @@
                                              # overhead
     python -m charrnn.bench --tiny           # seconds: a smoke test of the harness itself
     python -m charrnn.bench --device cpu     # train on the CPU even when a GPU is present
+    python -m charrnn.bench --only overhead --set vanishing.every_n_steps=0  # what it costs
 
 Every figure is the median of several repetitions after a warm-up; the table is printed and
 written as JSON (--json, default outputs/bench.json). Training configurations each run in a
@@ -27,7 +28,8 @@ kernel: forward + backward of the model alone, model.kernel=torch (nn.RNN) again
         and bf16, alternating in one process (on the CPU).
 overhead: the fixed cost of a step: milliseconds per step of train.py's path (progress,
         logging, diagnostics and checkpoints at their defaults) minus those of a plain loop
-        around the same model at hidden 16, where computing costs next to nothing.
+        around the same model at hidden 16, where computing costs little; every epoch is
+        paired with a plain block run just before it in the same process.
 corpus: encoding time and peak memory of the memory-mapped corpus cache at growing sizes
         (not in the default set: it writes a few hundred MB to a temporary folder).
 """
@@ -51,6 +53,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
 
 from charrnn.model import CharRNN, build_model
 from charrnn.sampling import load_model, sample_text
@@ -181,49 +184,73 @@ def bench_corpus_text(tmp: Path, tiny: bool) -> Path:
     return path
 
 
-def plain_loop(corpus: Path, hidden_size: int, steps: int, repeats: int,
-               precision: str, device: str = "cpu", model: str = "nn.RNN") -> dict[str, float]:
-    """(a): the default recipe as a plain PyTorch loop, chars/s per block of `steps` steps.
+class PlainLoop:
+    """(a): the default recipe as a plain PyTorch loop; `block()` trains `steps` steps.
 
     model="nn.RNN": nn.RNN and a linear head, as a sixty-line script writes it; "charrnn": the
     project's own model (its kernel too), so that only the loop around it differs from train.py.
     """
-    from charrnn.vocab import CharVocab, read_text
 
-    text = read_text(corpus)
-    vocab = CharVocab.from_text(text)
-    data = vocab.encode(text[: int(len(text) * 0.8)]).long().to(device)
-    torch.manual_seed(0)
-    V, L, B = len(vocab), 100, 64
-    if model == "charrnn":
-        net = CharRNN(V, hidden_size=hidden_size).to(device)
-        forward = lambda x: net(x)[0]  # noqa: E731
-    else:
-        rnn = torch.nn.RNN(V, hidden_size, batch_first=True).to(device)
-        head = torch.nn.Linear(hidden_size, V).to(device)
-        net = torch.nn.ModuleList([rnn, head])
-        forward = lambda x: head(rnn(F.one_hot(x, V).float())[0])  # noqa: E731
-    params = list(net.parameters())
-    optimizer = torch.optim.Adam(params, lr=1e-3)
-    n_windows = (len(data) - 1) // L
-    steps_ = torch.arange(L + 1, device=device)
+    def __init__(self, corpus: Path, hidden_size: int, steps: int, precision: str,
+                 device: str = "cpu", model: str = "nn.RNN") -> None:
+        from charrnn.vocab import CharVocab, read_text
 
-    def block() -> None:
-        starts = torch.randperm(n_windows, device=device)[: steps * B] * L
-        for i in range(steps):
-            chunk = data[starts[i * B : (i + 1) * B, None] + steps_]  # (B, L + 1)
+        text = read_text(corpus)
+        vocab = CharVocab.from_text(text)
+        self.data = vocab.encode(text[: int(len(text) * 0.8)]).long().to(device)
+        torch.manual_seed(0)
+        V = len(vocab)
+        if model == "charrnn":
+            net = CharRNN(V, hidden_size=hidden_size).to(device)
+            self.forward = lambda x: net(x)[0]
+        else:
+            rnn = torch.nn.RNN(V, hidden_size, batch_first=True).to(device)
+            head = torch.nn.Linear(hidden_size, V).to(device)
+            net = torch.nn.ModuleList([rnn, head])
+            self.forward = lambda x: head(rnn(F.one_hot(x, V).float())[0])
+        self.params = list(net.parameters())
+        self.optimizer = torch.optim.Adam(self.params, lr=1e-3)
+        self.steps, self.precision, self.device = steps, precision, device
+
+    def block(self) -> None:
+        L, B, device = 100, 64, self.device
+        n_windows = (len(self.data) - 1) // L
+        starts = torch.randperm(n_windows, device=device)[: self.steps * B] * L
+        steps_ = torch.arange(L + 1, device=device)
+        for i in range(self.steps):
+            chunk = self.data[starts[i * B : (i + 1) * B, None] + steps_]  # (B, L + 1)
             x, y = chunk[:, :-1], chunk[:, 1:]
             with torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
-                                enabled=precision == "bf16"):
-                logits = forward(x)
+                                enabled=self.precision == "bf16"):
+                logits = self.forward(x)
             loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-            optimizer.zero_grad()
+            self.optimizer.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 5.0)
-            optimizer.step()
+            torch.nn.utils.clip_grad_norm_(self.params, 5.0)
+            self.optimizer.step()
 
-    seconds = median_time(block, repeats, warmup=1, device=device)
-    return {"chars_per_s": steps * B * L / seconds, **peak_memory_mb(device)}
+
+def plain_loop(corpus: Path, hidden_size: int, steps: int, repeats: int,
+               precision: str, device: str = "cpu", model: str = "nn.RNN") -> dict[str, float]:
+    """(a): characters/s of the plain loop, the median of `repeats` blocks after a warm-up."""
+    loop = PlainLoop(corpus, hidden_size, steps, precision, device, model)
+    seconds = median_time(loop.block, repeats, warmup=1, device=device)
+    return {"chars_per_s": steps * 64 * 100 / seconds, **peak_memory_mb(device)}
+
+
+class PlainBlocks(Callback):
+    """Before every training epoch of the Lightning run it is given to (and before that run's
+    SpeedMonitor starts the epoch's clock: it comes first among the callbacks), a block of the
+    plain loop as long as the epoch: each epoch is paired with a plain block run seconds before
+    it, so that both see the same spell of a shared machine. Milliseconds per step of each."""
+
+    def __init__(self, loop: PlainLoop) -> None:
+        self.loop = loop
+        self.ms_per_step: list[float] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        seconds = median_time(self.loop.block, repeats=1, warmup=0, device=self.loop.device)
+        self.ms_per_step.append(1000 * seconds / self.loop.steps)
 
 
 def _train_config(corpus: Path, run_dir: str, hidden_size: int, steps: int, repeats: int,
@@ -242,44 +269,60 @@ def _train_config(corpus: Path, run_dir: str, hidden_size: int, steps: int, repe
 
 
 def lightning_path(corpus: Path, hidden_size: int, steps: int, repeats: int,
-                   overrides: list[str], device: str = "cpu") -> dict[str, float]:
-    """(b)/(c): train.py's real path for repeats + 1 short epochs; the first is the warm-up."""
+                   overrides: list[str], device: str = "cpu",
+                   plain: PlainLoop | None = None) -> dict[str, float]:
+    """(b)/(c): train.py's real path for repeats + 1 short epochs; the first is the warm-up.
+    With `plain`, each epoch is paired with a block of that plain loop (PlainBlocks)."""
     from charrnn.report import read_scalars
     from charrnn.training import train
 
+    blocks = [PlainBlocks(plain)] if plain else []
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = _train_config(corpus, run_dir, hidden_size, steps, repeats, overrides, device)
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            train(cfg)
+            train(cfg, first_callbacks=tuple(blocks))
         logged = read_scalars(Path(run_dir))
     train_speeds = [v for _, v in logged["train/chars_per_s"]][1:]
     val_speeds = [v for _, v in logged["val/chars_per_s"]][1:]
     return {"chars_per_s": statistics.median(train_speeds),
-            "val_chars_per_s": statistics.median(val_speeds), **peak_memory_mb(device)}
+            "val_chars_per_s": statistics.median(val_speeds), **peak_memory_mb(device),
+            **_paired_ms(blocks, train_speeds)}
+
+
+def _paired_ms(blocks: list[PlainBlocks], chars_per_s: list[float]) -> dict[str, list[float]]:
+    """Milliseconds per step of each measured epoch and of the plain block paired with it."""
+    if not blocks:
+        return {}
+    return {"lightning_ms": [1000 * 64 * 100 / c for c in chars_per_s],
+            "plain_ms": blocks[0].ms_per_step[1:]}  # [0]: the warm-up epoch's
 
 
 def lightning_bare(corpus: Path, hidden_size: int, steps: int, repeats: int,
-                   device: str = "cpu") -> dict[str, float]:
+                   device: str = "cpu", plain: PlainLoop | None = None,
+                   overrides: list[str] = ()) -> dict[str, float]:
     """Lightning's own loop around the same module and data, and nothing else: no progress,
-    logger, diagnostics or checkpoints (the floor of (b)'s fixed cost)."""
+    logger, diagnostics or checkpoints (the floor of (b)'s fixed cost). `plain`: as in
+    lightning_path."""
     import lightning as L
 
     from charrnn.callbacks import SpeedMonitor
     from charrnn.training import prepare
 
+    blocks = [PlainBlocks(plain)] if plain else []
     with tempfile.TemporaryDirectory() as run_dir:
-        cfg = _train_config(corpus, run_dir, hidden_size, steps, repeats, [], device)
+        cfg = _train_config(corpus, run_dir, hidden_size, steps, repeats, overrides, device)
         dm, module, _ = prepare(cfg)
         speed = SpeedMonitor()
         trainer = L.Trainer(
             max_epochs=repeats + 1, limit_train_batches=steps, accelerator=device,
             gradient_clip_val=cfg.trainer.gradient_clip_val, num_sanity_val_steps=0,
             logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, callbacks=[speed], default_root_dir=run_dir,
+            enable_model_summary=False, callbacks=[*blocks, speed], default_root_dir=run_dir,
         )
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             trainer.fit(module, datamodule=dm)
-    return {"chars_per_s": statistics.median(speed.epoch_chars_per_s[1:])}
+    speeds = speed.epoch_chars_per_s[1:]
+    return {"chars_per_s": statistics.median(speeds), **_paired_ms(blocks, speeds)}
 
 
 def bench_kernel(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
@@ -370,11 +413,16 @@ def run_worker(kind: str, args: argparse.Namespace, corpus: Path,
     cmd = [sys.executable, "-m", "charrnn.bench", "--worker", kind, "--corpus", str(corpus),
            "--hidden-size", str(args.hidden_size), "--train-steps", str(args.train_steps),
            "--repeats", str(args.repeats), "--cache-dir", str(cache_dir or ""),
-           "--device", args.device]
+           "--device", args.device, *(f"--set={o}" for o in args.set)]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
         raise RuntimeError(f"benchmark worker {kind} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _overhead_plain(a: argparse.Namespace) -> PlainLoop:
+    """The plain loop paired with the Lightning paths of --only overhead: the project's model."""
+    return PlainLoop(a.corpus, OVERHEAD_HIDDEN, a.train_steps, "fp32", a.device, model="charrnn")
 
 
 WORKERS = {
@@ -383,21 +431,22 @@ WORKERS = {
     "plain_bf16": lambda a: plain_loop(
         a.corpus, a.hidden_size, a.train_steps, a.repeats, "bf16", a.device),
     "lightning_fp32": lambda a: lightning_path(
-        a.corpus, a.hidden_size, a.train_steps, a.repeats, [], a.device),
+        a.corpus, a.hidden_size, a.train_steps, a.repeats, a.set, a.device),
     "lightning_fp32_torch_kernel": lambda a: lightning_path(
-        a.corpus, a.hidden_size, a.train_steps, a.repeats, ["model.kernel=torch"], a.device),
+        a.corpus, a.hidden_size, a.train_steps, a.repeats, ["model.kernel=torch", *a.set],
+        a.device),
     "lightning_fp32_no_diag": lambda a: lightning_path(
-        a.corpus, a.hidden_size, a.train_steps, a.repeats, ["vanishing.every_n_steps=0"],
+        a.corpus, a.hidden_size, a.train_steps, a.repeats, ["vanishing.every_n_steps=0", *a.set],
         a.device),
     "lightning_bf16": lambda a: lightning_path(
-        a.corpus, a.hidden_size, a.train_steps, a.repeats, ["trainer.precision=bf16-mixed"],
-        a.device),
-    "overhead_plain": lambda a: plain_loop(
-        a.corpus, OVERHEAD_HIDDEN, a.train_steps, a.repeats, "fp32", a.device, model="charrnn"),
+        a.corpus, a.hidden_size, a.train_steps, a.repeats,
+        ["trainer.precision=bf16-mixed", *a.set], a.device),
     "overhead_lightning": lambda a: lightning_path(
-        a.corpus, OVERHEAD_HIDDEN, a.train_steps, a.repeats, [], a.device),
+        a.corpus, OVERHEAD_HIDDEN, a.train_steps, a.repeats, a.set, a.device,
+        plain=_overhead_plain(a)),
     "overhead_lightning_bare": lambda a: lightning_bare(
-        a.corpus, OVERHEAD_HIDDEN, a.train_steps, a.repeats, a.device),
+        a.corpus, OVERHEAD_HIDDEN, a.train_steps, a.repeats, a.device, plain=_overhead_plain(a),
+        overrides=a.set),
     "corpus_encode": lambda a: corpus_encode(a.corpus, a.cache_dir),
     "corpus_train": lambda a: corpus_train(a.corpus, a.cache_dir, a.hidden_size, 20),
 }
@@ -455,27 +504,33 @@ def bench_train(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
 
 def bench_overhead(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
     """The fixed cost of a training step: train.py's path against a plain loop around the same
-    model, so small (hidden 16) that computing costs next to nothing, and Lightning's bare loop
-    between them. Milliseconds per step of each, rounds interleaved; the overheads are medians
-    of the rounds' differences."""
+    model, so small (hidden 16) that computing costs little, and Lightning's bare loop between
+    them. Every epoch of a Lightning path is paired with a block of the plain loop run just
+    before it in the same process (PlainBlocks); the overheads are medians of those pairs'
+    differences over all rounds, with their quartiles and extremes."""
     corpus = args.corpus or bench_corpus_text(tmp, args.tiny)
-    kinds = ("overhead_plain", "overhead_lightning_bare", "overhead_lightning")
-    ms: dict[str, list[float]] = {kind: [] for kind in kinds}
+    kinds = ("overhead_lightning_bare", "overhead_lightning")
+    pairs: dict[str, list[tuple[float, float]]] = {kind: [] for kind in kinds}
     for _ in range(args.rounds):
         for kind in kinds:
-            chars_per_s = run_worker(kind, args, corpus)["chars_per_s"]
-            ms[kind].append(1000 * 64 * 100 / chars_per_s)  # per step of 64 x 100 characters
-    plain, bare, full = (ms[kind] for kind in kinds)
-    overhead = [b - a for a, b in zip(plain, full)]
+            run = run_worker(kind, args, corpus)
+            pairs[kind] += zip(run["plain_ms"], run["lightning_ms"])
+    bare, full = ([b - a for a, b in pairs[kind]] for kind in kinds)
+    q1, _, q3 = statistics.quantiles(full, n=4) if len(full) > 1 else (full[0],) * 3
+    overhead, loop = statistics.median(full), statistics.median(bare)
     return {
-        "overhead_plain_ms_per_step": statistics.median(plain),
-        "overhead_lightning_bare_ms_per_step": statistics.median(bare),
-        "overhead_lightning_ms_per_step": statistics.median(full),
-        "step_overhead_ms": statistics.median(overhead),
-        "step_overhead_ms_min": min(overhead),
-        "step_overhead_ms_max": max(overhead),
-        "step_overhead_lightning_loop_ms": statistics.median(b - a for a, b in zip(plain, bare)),
-        "step_overhead_project_ms": statistics.median(c - b for b, c in zip(bare, full)),
+        "overhead_plain_ms_per_step": statistics.median(a for kind in kinds
+                                                        for a, _ in pairs[kind]),
+        "overhead_lightning_bare_ms_per_step": statistics.median(b for _, b in pairs[kinds[0]]),
+        "overhead_lightning_ms_per_step": statistics.median(b for _, b in pairs[kinds[1]]),
+        "step_overhead_ms": overhead,
+        "step_overhead_ms_q1": q1,
+        "step_overhead_ms_q3": q3,
+        "step_overhead_ms_min": min(full),
+        "step_overhead_ms_max": max(full),
+        "step_overhead_pairs": len(full),
+        "step_overhead_lightning_loop_ms": loop,
+        "step_overhead_project_ms": overhead - loop,
     }
 
 
@@ -498,6 +553,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--hidden-size", type=int, default=512)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where training runs (auto: the GPU when there is one)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a train.py override for every Lightning path, e.g. "
+                        "--set vanishing.every_n_steps=0 (what that setting costs)")
     parser.add_argument("--gen-length", type=int, default=4000)
     parser.add_argument("--json", type=Path, default=ROOT / "outputs" / "bench.json")
     args = parser.parse_args(argv)

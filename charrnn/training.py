@@ -278,14 +278,17 @@ def test_and_write_metrics(cfg: DictConfig, trainer: L.Trainer, module: CharRNNM
     return metrics
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train (or resume) one run in `cfg.run_dir`; test its best checkpoint; write metrics.json."""
+def train(cfg: DictConfig, first_callbacks: tuple[Callback, ...] = ()) -> dict[str, Any]:
+    """Train (or resume) one run in `cfg.run_dir`; test its best checkpoint; write metrics.json.
+
+    `first_callbacks` run before the run's own (the benchmark's measurements)."""
     start = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     dm, module, resume = prepare(cfg)
     callbacks = build_callbacks(cfg, dm)
+    callbacks.others[:0] = first_callbacks
     trainer = build_trainer(cfg, callbacks)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

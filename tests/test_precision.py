@@ -55,5 +55,15 @@ def test_benchmark_harness_end_to_end_tiny(tmp_path):
     assert results["overhead_lightning_bare_ms_per_step"] > 0
     assert results["step_overhead_ms"] == pytest.approx(
         results["step_overhead_lightning_loop_ms"] + results["step_overhead_project_ms"])
+    assert results["step_overhead_pairs"] == 1  # --tiny: one round of one measured epoch
+    assert (results["step_overhead_ms_min"] <= results["step_overhead_ms_q1"]
+            <= results["step_overhead_ms"] <= results["step_overhead_ms_q3"]
+            <= results["step_overhead_ms_max"])
     report = json.loads((tmp_path / "bench.json").read_text())
     assert report["results"] == results and "torch" in report["machine"]
+
+
+def test_benchmark_overrides_reach_the_training_runs(tmp_path):
+    with pytest.raises(RuntimeError, match="(?s)lightning_bare failed.*vanishing.every_n_stepz"):
+        bench(["--tiny", "--only", "overhead", "--set", "vanishing.every_n_stepz=0",
+               "--json", str(tmp_path / "bench.json")])
