@@ -299,7 +299,7 @@ def _paired_ms(blocks: list[PlainBlocks], chars_per_s: list[float]) -> dict[str,
 
 def lightning_bare(corpus: Path, hidden_size: int, steps: int, repeats: int,
                    device: str = "cpu", plain: PlainLoop | None = None,
-                   overrides: list[str] = ()) -> dict[str, float]:
+                   overrides: list[str] | tuple[str, ...] = ()) -> dict[str, float]:
     """Lightning's own loop around the same module and data, and nothing else: no progress,
     logger, diagnostics or checkpoints (the floor of (b)'s fixed cost). `plain`: as in
     lightning_path."""
