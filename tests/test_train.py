@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from charrnn.errors import CharRNNError
 from charrnn.report import read_scalars
-from charrnn.training import train
+from charrnn.training import NoProfiler, build_callbacks, build_trainer, prepare, train
 from tests.conftest import TINY, make_corpus, run_script
 
 
@@ -134,6 +134,16 @@ def test_bad_settings_fail_before_training(tiny_cfg, tmp_path, overrides, messag
     with pytest.raises(CharRNNError, match=message):
         train(tiny_cfg(*overrides))
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_the_default_profiler_is_a_shared_null_context(tiny_cfg):
+    cfg = tiny_cfg()
+    dm, _, _ = prepare(cfg)
+    profiler = build_trainer(cfg, build_callbacks(cfg, dm)).profiler
+    assert isinstance(profiler, NoProfiler)
+    with profiler.profile("outer"), profiler.profile("inner"):  # nested, as Lightning does
+        pass
+    assert profiler.profile("a") is profiler.profile("b")
 
 
 def test_a_profiler_reports_where_the_time_goes(tiny_cfg, caplog):
