@@ -71,13 +71,12 @@ def hidden_state_gradients(model: CharRNN, x: torch.Tensor, y: torch.Tensor) -> 
     """||dL_T / dh_{T-k}|| for k = 0 .. T-1, averaged over the batch (index k = distance).
 
     L_T is each sequence's cross-entropy at its last step; h_t is the recurrent state after step t
-    (every layer; for an LSTM its h, not c). The model is run one step at a time so that each
-    state is a tensor autograd can differentiate against; parameters get no gradients.
+    (every layer; for an LSTM its h, not c). The recurrence is run one step at a time so that
+    each state is a tensor autograd can differentiate against; parameters get no gradients. In
+    eval mode (no dropout of any kind) the model is `embed`, its recurrence and the head, so the
+    recurrence alone is stepped, without a head and the model's bookkeeping at every step.
     """
     with _EvalWithGradients(model):
-        # In eval mode (no dropout of any kind) the model is its recurrence between `embed`
-        # and the head: stepping the recurrence alone skips a head and the model's own
-        # bookkeeping at every step.
         inputs, state, hs = model.embed(x), None, []
         for t in range(x.shape[1]):
             _, state = model.rnn(inputs[:, t : t + 1], state)
