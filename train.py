@@ -31,7 +31,7 @@ def resume_config(cfg: DictConfig) -> DictConfig:
 
 @hydra.main(version_base="1.3", config_path="conf/train", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_dir = Path(cfg.run_dir)  # Hydra's output folder unless run_dir is set
     try:
         if cfg.ckpt_path is not None:
             cfg.ckpt_path = to_absolute_path(cfg.ckpt_path)

@@ -2,7 +2,7 @@
 
     python -m charrnn.bench                  # training and generation, default sizes
     python -m charrnn.bench --only train     # one group: train | kernel | generate | corpus |
-                                             # overhead
+                                             # overhead | cudnn
     python -m charrnn.bench --tiny           # seconds: a smoke test of the harness itself
     python -m charrnn.bench --device cpu     # train on the CPU even when a GPU is present
     python -m charrnn.bench --only overhead --set vanishing.every_n_steps=0  # what it costs
@@ -30,6 +30,8 @@ overhead: the fixed cost of a step: milliseconds per step of train.py's path (pr
         logging, diagnostics and checkpoints at their defaults) minus those of a plain loop
         around the same model at hidden 16, where computing costs little; every epoch is
         paired with a plain block run just before it in the same process.
+cudnn:  nn.RNN's forward + backward (cuDNN on a GPU) with one-hot input or an embedding of 128,
+        fp32, bf16 and fp16: which cases reach cuDNN's persistent RNN kernel, and at what speed.
 corpus: encoding time and peak memory of the memory-mapped corpus cache at growing sizes
         (not in the default set: it writes a few hundred MB to a temporary folder).
 """
@@ -354,6 +356,61 @@ def bench_kernel(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
     return results
 
 
+# --only cudnn: (name, model.input, autocast dtype). cuDNN picks its persistent RNN kernel only
+# for fp16 input, one layer, and an input size and a hidden size that are multiples of 128
+# (PyTorch's get_algo in aten/src/ATen/native/cudnn/RNN.cpp); one-hot input has 65, an
+# embedding of 128 keeps the input projection outside the recurrence.
+CUDNN_CASES = (
+    ("onehot_fp32", "onehot", None),
+    ("onehot_fp16", "onehot", torch.float16),
+    ("embedding128_fp32", "embedding", None),
+    ("embedding128_bf16", "embedding", torch.bfloat16),
+    ("embedding128_fp16", "embedding", torch.float16),
+)
+
+
+def kernel_names(fn: Callable[[], object], device: str) -> list[str]:
+    """The GPU kernels one call of fn runs (on a CPU its operators), costliest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    gpu = torch.device(device).type == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if gpu else ProfilerActivity.CPU]) as prof:
+        fn()
+        synchronize(device)
+    cost = "self_device_time_total" if gpu else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, cost), reverse=True)
+    return [e.key for e in events if getattr(e, cost) > 0]
+
+
+def bench_cudnn(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
+    """Milliseconds per forward + backward of nn.RNN (model.kernel=torch: cuDNN on a GPU) at
+    batch 64 x 100, one-hot or with an embedding of 128, fp32 or under autocast; `_persistent`
+    is 1 when a kernel of the step is one of cuDNN's persistent ones (its name says 'persist').
+    Each case's five costliest kernels are printed."""
+    torch.manual_seed(0)
+    device = args.device
+    batch, length = (4, 10) if args.tiny else (64, 100)
+    x = torch.randint(65, (batch, length), device=device)
+    y = torch.randint(65, (batch, length), device=device)
+    results: dict[str, float] = {}
+    for name, input, dtype in CUDNN_CASES:
+        model = CharRNN(65, hidden_size=args.hidden_size, input=input, embedding_dim=128,
+                        kernel="torch").to(device)
+
+        def step(model: CharRNN = model, dtype: torch.dtype | None = dtype) -> None:
+            with torch.autocast(torch.device(device).type, dtype=dtype or torch.float32,
+                                enabled=dtype is not None):
+                logits, _ = model(x)
+            F.cross_entropy(logits.flatten(0, 1).float(), y.flatten()).backward()
+
+        results[f"cudnn_{name}_ms"] = 1000 * median_time(step, 5 * args.repeats, warmup=2,
+                                                         device=device)
+        names = kernel_names(step, device)
+        results[f"cudnn_{name}_persistent"] = float(any("persist" in n.lower() for n in names))
+        print(f"{name}: {'; '.join(names[:5])}")
+    return results
+
+
 def corpus_encode(corpus: Path, cache_dir: Path) -> dict[str, float]:
     """Build the memory-mapped cache of `corpus` (from scratch): seconds and peak memory."""
     from charrnn.cache import cached_corpus
@@ -538,7 +595,7 @@ def bench_overhead(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
 
 
 GROUPS = {"train": bench_train, "kernel": bench_kernel, "generate": bench_generate,
-          "corpus": bench_corpus, "overhead": bench_overhead}
+          "corpus": bench_corpus, "overhead": bench_overhead, "cudnn": bench_cudnn}
 DEFAULT_GROUPS = ("train", "kernel", "generate")
 
 

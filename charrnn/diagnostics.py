@@ -119,13 +119,20 @@ def plot_distance_curves(curves: dict[str, torch.Tensor], title: str, ylabel: st
     return fig
 
 
+def _scaled(trainer) -> bool:
+    """Whether a GradScaler scales the loss (16-mixed): it skips a step whose gradients overflow
+    and lowers the scale, so a non-finite gradient norm there is expected, not divergence."""
+    return getattr(trainer.precision_plugin, "scaler", None) is not None
+
+
 class GradientMonitor(Callback):
     """Per-step train/loss and train/grad_norm, clipped-step fraction and pre-clip norm
     histogram per epoch; stops a diverging run.
 
     The run stops when the training loss or the gradient norm is not finite, or the loss
     exceeds `max_loss_ratio` x ln(vocabulary size) (the loss of a uniform guess, which an
-    untrained model already scores). The exception is raised before the next validation, so no
+    untrained model already scores); under a GradScaler (16-mixed) a step with a non-finite norm
+    was skipped, not diverged. The exception is raised before the next validation, so no
     checkpoint of the diverged weights is written and the last good one stays.
 
     Reading a GPU tensor waits for the GPU, and Lightning's `self.log` costs a fixed time per
@@ -179,7 +186,8 @@ class GradientMonitor(Callback):
                     writer.add_scalar("train/loss", loss, global_step=step - 1)
                     writer.add_scalar("train/grad_norm", norm, global_step=step - 1)
         limit = self.max_loss_ratio * math.log(len(pl_module.hparams.vocab))
-        bad = ~(values.isfinite().all(dim=1) & (values[:, 0] <= limit))
+        losses, norms = values[:, 0], values[:, 1]
+        bad = ~(losses.isfinite() & (losses <= limit) & (norms.isfinite() | _scaled(trainer)))
         if not bad.any():
             return
         first = int(bad.nonzero()[0])
@@ -210,6 +218,9 @@ class GradientMonitor(Callback):
         if not self._norms:
             return
         norms = torch.tensor(self._norms)
+        norms = norms[norms.isfinite()]  # steps a GradScaler skipped (fp16) are left out
+        if not len(norms):
+            return
         clip = trainer.gradient_clip_val
         if clip:
             pl_module.log("train/clipped_fraction", (norms > clip).float().mean())

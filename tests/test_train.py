@@ -218,6 +218,16 @@ def test_cli_multirun_resume_shorthand_and_clean_root(corpus, tmp_path):
     assert len(list((tmp_path / "outputs").iterdir())) == 1  # no new run folder for the resume
 
 
+@pytest.mark.slow
+def test_cli_names_the_run_folder_it_wrote(corpus, tmp_path):
+    """run_dir=... moves the run; the closing line names that folder, not Hydra's."""
+    result = run_script("train.py", f"data.path={corpus}", *TINY, "trainer.max_epochs=1",
+                        "run_dir=elsewhere", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "elsewhere" / "metrics.json").is_file()
+    assert "run folder: elsewhere\n" in result.stdout
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

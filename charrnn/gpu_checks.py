@@ -1,0 +1,227 @@
+"""Every GPU measurement of docs/performance.md in one run, inside a time budget.
+
+    python -m charrnn.gpu_checks --corpus <tinyshakespeare.txt> --out <folder>
+    python -m charrnn.gpu_checks --tiny --device cpu --out /tmp/checks   # the harness, on a CPU
+
+The checks run one after another, each in a process of its own, most important first:
+
+    environment  GPU, SM count, torch, CUDA and cuDNN versions
+    train        bench --only train: the plain loop against train.py's path, fp32 and bf16
+    host_reads   tests/test_host_reads.py: no training step waits for the GPU
+    cudnn        bench --only cudnn: which settings reach cuDNN's persistent RNN kernel
+    overhead     bench --only overhead: the fixed cost of a step
+    profile      50 steps of train.py under trainer.profiler=pytorch (its table in the log)
+    batch_size   data.batch_size 64..512 x module.lr 1e-3..4e-3, 5 epochs each
+    persistent   to early stopping with the settings that reach cuDNN's persistent kernel
+    recipe       the default recipe to early stopping, fp32 and bf16-mixed
+
+After each check its results are added to <folder>/gpu_checks.json and its output to
+<folder>/gpu_checks.log, so a run cut short keeps what it measured. A check is given what is left
+of --budget-s; one that cannot start inside it is listed as skipped. Run folders and traces go
+to a temporary folder: the two files are all that is written to <folder>.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from charrnn.bench import ROOT, resolve_device
+from charrnn.data import download_tinyshakespeare
+from charrnn.errors import CharRNNError
+
+JSON_FILE, LOG_FILE = "gpu_checks.json", "gpu_checks.log"
+NAMES = ("train", "host_reads", "cudnn", "overhead", "profile", "batch_size", "persistent",
+         "recipe")
+BATCH_SIZES, LEARNING_RATES = (64, 128, 256, 512), (1e-3, 2e-3, 4e-3)
+# The settings that meet cuDNN's conditions for its persistent RNN kernel (docs/performance.md).
+PERSISTENT = ("trainer.precision=16-mixed", "model.input=embedding", "model.embedding_dim=128")
+SWEPT = ("data.batch_size", "module.lr", "trainer.precision", "model.input")  # runs' names
+MIN_START_S = 20  # a check is not started with less than this left
+Reader = Callable[["Plan", str], dict]  # (plan, the check's output) -> its results
+
+
+@dataclass
+class Plan:
+    """What the checks run with: the corpus, the device, where runs go and how small they are."""
+
+    corpus: Path
+    device: str
+    work: Path
+    tiny: bool
+
+    @property
+    def accelerator(self) -> str:
+        return "gpu" if self.device == "cuda" else "cpu"
+
+    def bench(self, group: str, *extra: str) -> list[str]:
+        sizes = ["--tiny"] if self.tiny else []
+        return [sys.executable, "-m", "charrnn.bench", "--only", group, "--device", self.device,
+                "--corpus", str(self.corpus), "--json", str(self.work / f"{group}.json"),
+                *sizes, *extra]
+
+    def train(self, *overrides: str, multirun: bool = False) -> list[str]:
+        sizes = ["model.hidden_size=16", "trainer.limit_train_batches=3",
+                 "trainer.limit_val_batches=2", "trainer.max_epochs=2"] if self.tiny else []
+        return [sys.executable, "train.py", *(["-m"] if multirun else []),
+                f"data.path={self.corpus}", f"trainer.accelerator={self.accelerator}",
+                *overrides, *sizes]
+
+
+def run_check(command: list[str], timeout: float) -> tuple[str, str]:
+    """Its output and how it ended; at the timeout its whole process group is stopped (the
+    benchmark's workers too)."""
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        return output, "out of time"
+    return output, "ok" if process.returncode == 0 else f"failed (exit {process.returncode})"
+
+
+def environment() -> dict:
+    info = {"torch": torch.__version__, "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available()
+            else None, "gpu": None}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, sm_count=props.multi_processor_count,
+                    capability=f"{props.major}.{props.minor}",
+                    memory_gib=round(props.total_memory / 2**30, 1))
+    return info
+
+
+def bench_results(group: str) -> Reader:
+    def read(plan: Plan, output: str) -> dict:
+        return json.loads((plan.work / f"{group}.json").read_text())["results"]
+    return read
+
+
+def pytest_summary(plan: Plan, output: str) -> dict:
+    lines = [line for line in output.splitlines() if line.strip()]
+    return {"summary": lines[-1] if lines else ""}
+
+
+def profile_table(plan: Plan, output: str) -> dict:
+    """The table torch.profiler printed when fitting ended."""
+    lines = output.splitlines()
+    start = next((i for i, line in enumerate(lines) if "Profiler Report" in line), len(lines))
+    table = []
+    for line in lines[start:]:
+        table.append(line.rstrip())
+        if "time total" in line:
+            break
+    return {"table": table}
+
+
+def run_metrics(sweep: str) -> Reader:
+    """metrics.json of every run under the sweep's folder, with the overrides that made it."""
+    def read(plan: Plan, output: str) -> dict:
+        runs = {}
+        for metrics in sorted((plan.work / sweep).glob("*/metrics.json")):
+            overrides = (metrics.parent / ".hydra" / "overrides.yaml").read_text()
+            chosen = [line[2:] for line in overrides.splitlines()
+                      if line.startswith("- ") and line[2:].split("=")[0] in SWEPT]
+            m = json.loads(metrics.read_text())
+            runs[" ".join(chosen)] = {k: m[k] for k in ("best_val_ppl", "test_ppl",
+                                                        "epochs_run", "train_chars_per_s",
+                                                        "wall_time_s")}
+        return runs
+    return read
+
+
+def checks(plan: Plan) -> list[tuple[str, list[str], Reader]]:
+    """(name, command, reader of its results), most important first."""
+    sweep = f"hydra.sweep.dir={plan.work}"
+    batch_sizes = "4,8" if plan.tiny else ",".join(map(str, BATCH_SIZES))
+    rates = ",".join(map(str, LEARNING_RATES))
+    return [
+        ("train", plan.bench("train", "--repeats", "3", "--rounds", "1"), bench_results("train")),
+        ("host_reads", [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        "tests/test_host_reads.py"], pytest_summary),
+        ("cudnn", plan.bench("cudnn"), bench_results("cudnn")),
+        ("overhead", plan.bench("overhead", "--rounds", "3", "--repeats", "4"),
+         bench_results("overhead")),
+        ("profile", plan.train("trainer.profiler=pytorch", "trainer.max_epochs=1",
+                               "trainer.limit_train_batches=50", "test=false",
+                               f"hydra.run.dir={plan.work / 'profile'}"), profile_table),
+        ("batch_size", plan.train(f"data.batch_size={batch_sizes}", f"module.lr={rates}",
+                                  "trainer.max_epochs=5", "test=false", f"{sweep}/batch_size",
+                                  multirun=True), run_metrics("batch_size")),
+        ("persistent", plan.train(*PERSISTENT, f"hydra.run.dir={plan.work / 'persistent' / '0'}"),
+         run_metrics("persistent")),
+        ("recipe", plan.train("trainer.precision=32-true,bf16-mixed", f"{sweep}/recipe",
+                              multirun=True), run_metrics("recipe")),
+    ]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", type=Path,
+                        help="training text (default: Tiny Shakespeare, downloaded like train.py)")
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "gpu_checks")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--budget-s", type=float, default=540.0,
+                        help="seconds for all checks together")
+    parser.add_argument("--only", action="append", choices=NAMES,
+                        help="run only these checks (the environment is always read)")
+    parser.add_argument("--tiny", action="store_true", help="tiny sizes: checks the harness only")
+    args = parser.parse_args(argv)
+    if args.corpus is None:
+        try:
+            args.corpus = download_tinyshakespeare(os.environ.get("CHARRNN_CACHE",
+                                                                  "~/.cache/charrnn"))
+        except CharRNNError as err:
+            parser.error(f"{err} Or give the text with --corpus.")
+    if not args.corpus.is_file():
+        parser.error(f"--corpus {args.corpus} is not a file: give the training text, e.g. "
+                     "--corpus ../shared/data/tinyshakespeare.txt")
+    deadline = time.monotonic() + args.budget_s
+    args.out.mkdir(parents=True, exist_ok=True)
+    report: dict = {"environment": environment(), "checks": {}, "skipped": []}
+    log = args.out / LOG_FILE
+    log.write_text(json.dumps(report["environment"]) + "\n")
+    with tempfile.TemporaryDirectory() as work:
+        plan = Plan(args.corpus.resolve(), resolve_device(args.device), Path(work), args.tiny)
+        for name, command, read in checks(plan):
+            if args.only and name not in args.only:
+                continue
+            left = deadline - time.monotonic()
+            if left < MIN_START_S:
+                report["skipped"].append(name)
+                continue
+            print(f"{name} ...", flush=True)
+            start = time.monotonic()
+            output, status = run_check(command, left)
+            entry: dict = {"status": status, "seconds": round(time.monotonic() - start, 1)}
+            try:
+                entry["results"] = read(plan, output)
+            except (OSError, ValueError, KeyError) as err:  # a failed check wrote nothing
+                entry["results"] = None
+                entry["error"] = repr(err)
+            report["checks"][name] = entry
+            with log.open("a") as f:
+                f.write(f"\n===== {name}: {status}\n$ {' '.join(command)}\n{output[-20000:]}")
+            (args.out / JSON_FILE).write_text(json.dumps(report, indent=2) + "\n")
+            print(f"{name}: {status} in {entry['seconds']} s", flush=True)
+    (args.out / JSON_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out / JSON_FILE} and {log}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

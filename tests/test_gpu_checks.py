@@ -1,0 +1,73 @@
+"""The one-run GPU check script: its budget, its refusal of bad input, and (slow) every check,
+tiny, on the CPU."""
+
+import json
+import os
+import sys
+import time
+
+import pytest
+
+from charrnn.gpu_checks import JSON_FILE, LOG_FILE, NAMES, Plan, checks, main, run_check
+
+CHECKS = ("train", "host_reads", "cudnn", "overhead", "profile", "batch_size", "persistent",
+          "recipe")
+
+
+def test_the_checks_come_most_important_first(tmp_path):
+    names = [name for name, _, _ in checks(Plan(tmp_path, "cpu", tmp_path, tiny=True))]
+    assert tuple(names) == CHECKS == NAMES
+
+
+def test_a_spent_budget_skips_every_check_and_still_writes_the_report(corpus, tmp_path):
+    report = main(["--corpus", str(corpus), "--out", str(tmp_path), "--budget-s", "0"])
+    assert report["skipped"] == list(CHECKS) and report["checks"] == {}
+    written = json.loads((tmp_path / JSON_FILE).read_text())
+    assert written["environment"]["torch"] and written["skipped"] == list(CHECKS)
+    assert (tmp_path / LOG_FILE).is_file()
+
+
+def test_a_check_out_of_time_is_stopped_with_its_children(tmp_path):
+    pid_file = tmp_path / "child.pid"
+    script = ("import subprocess, sys, time; child = subprocess.Popen(['sleep', '60']); "
+              f"open({str(pid_file)!r}, 'w').write(str(child.pid)); print('started', flush=True); "
+              "time.sleep(60)")
+    start = time.monotonic()
+    output, status = run_check([sys.executable, "-c", script], timeout=2)
+    assert status == "out of time" and "started" in output
+    assert time.monotonic() - start < 30
+    status_file = f"/proc/{int(pid_file.read_text())}/status"
+    time.sleep(0.2)
+    if os.path.exists(status_file):  # the worker's own child is gone too, or a zombie
+        assert "State:\tZ" in open(status_file).read()
+
+
+def test_a_missing_corpus_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--corpus", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    assert "is not a file: give the training text" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_every_check_runs_tiny_on_the_cpu(corpus, tmp_path):
+    out = tmp_path / "out"
+    report = main(["--tiny", "--device", "cpu", "--corpus", str(corpus), "--out", str(out)])
+    assert report["skipped"] == []
+    assert {name: c["status"] for name, c in report["checks"].items()} == dict.fromkeys(
+        CHECKS, "ok")
+    results = {name: c["results"] for name, c in report["checks"].items()}
+    assert results["train"]["ratio_b_over_a"] > 0
+    assert "passed" in results["host_reads"]["summary"]
+    assert results["cudnn"]["cudnn_embedding128_fp16_persistent"] == 0.0  # a CPU has none
+    assert results["overhead"]["step_overhead_pairs"] >= 1
+    assert any("Self CPU" in line for line in results["profile"]["table"])
+    assert len(results["batch_size"]) == 2 * 3  # two tiny batch sizes x three rates
+    assert list(results["persistent"]) == ["trainer.precision=16-mixed model.input=embedding"]
+    assert set(results["recipe"]) == {"trainer.precision=32-true",
+                                      "trainer.precision=bf16-mixed"}
+    assert all(run["best_val_ppl"] > 1 for run in results["batch_size"].values())
+    log = (out / LOG_FILE).read_text()
+    assert all(f"===== {name}: ok" in log for name in CHECKS)
+    assert sorted(p.name for p in out.iterdir()) == sorted((JSON_FILE, LOG_FILE))
