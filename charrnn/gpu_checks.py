@@ -17,14 +17,16 @@ The checks run one after another, each in a process of its own, most important f
 
 After each check its results are added to <folder>/gpu_checks.json and its output to
 <folder>/gpu_checks.log, so a run cut short keeps what it measured. A check is given what is left
-of --budget-s; one that cannot start inside it is listed as skipped. Run folders and traces go
-to a temporary folder: the two files are all that is written to <folder>.
+of --budget-s (default: no limit); one that cannot start inside it is listed as skipped. Run
+folders and traces go to a temporary folder: the two files are all that is written to <folder>.
+The exit status is 0 when every check that ran passed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import subprocess
@@ -175,8 +177,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="training text (default: Tiny Shakespeare, downloaded like train.py)")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "gpu_checks")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--budget-s", type=float, default=540.0,
-                        help="seconds for all checks together")
+    parser.add_argument("--budget-s", type=float, default=math.inf,
+                        help="seconds for all checks together (default: no limit)")
     parser.add_argument("--only", action="append", choices=NAMES,
                         help="run only these checks (the environment is always read)")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: checks the harness only")
@@ -224,4 +226,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    checked = main()["checks"].values()
+    sys.exit(0 if all(check["status"] == "ok" for check in checked) else 1)

@@ -98,10 +98,19 @@ def test_ctrl_c_says_what_is_kept_and_exits_130(corpus, tmp_path):
     )
     deadline = time.monotonic() + 120
     while not (run / "checkpoints" / "last.ckpt").is_file() and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
         time.sleep(0.1)
+    if not (run / "checkpoints" / "last.ckpt").is_file():  # say what the run printed
+        proc.kill()
+        pytest.fail(f"no checkpoint within 120 s:\n{proc.communicate()[1][-3000:]}")
     time.sleep(0.5)  # a few more epochs
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"still running 60 s after Ctrl-C:\n{proc.communicate()[1][-3000:]}")
     assert proc.returncode == 130, err[-2000:]
     epoch = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] + 1
     assert f"The run folder {run} keeps its checkpoints: last.ckpt holds the end of epoch " \
