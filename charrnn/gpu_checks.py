@@ -82,12 +82,12 @@ class Plan:
 
 
 def run_check(command: list[str], timeout: float) -> tuple[str, str]:
-    """Its output and how it ended; at the timeout its whole process group is stopped (the
-    benchmark's workers too)."""
+    """Its output and how it ended; at the timeout (seconds, or math.inf) its whole process
+    group is stopped (the benchmark's workers too)."""
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        output, _ = process.communicate(timeout=timeout)
+        output, _ = process.communicate(timeout=None if math.isinf(timeout) else timeout)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         output, _ = process.communicate()

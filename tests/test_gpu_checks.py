@@ -2,6 +2,7 @@
 tiny, on the CPU."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -46,6 +47,11 @@ def test_a_check_out_of_time_is_stopped_with_its_children(tmp_path):
     time.sleep(0.2)
     if os.path.exists(status_file):  # the worker's own child is gone too, or a zombie
         assert "State:\tZ" in open(status_file).read()
+
+
+def test_without_a_budget_a_check_runs_to_its_end():
+    done = run_check([sys.executable, "-c", "print('done')"], timeout=math.inf)
+    assert done == ("done\n", "ok")
 
 
 def test_a_missing_corpus_is_refused(tmp_path, capsys):
