@@ -1,6 +1,6 @@
 """Every GPU measurement of docs/performance.md in one run, inside a time budget.
 
-    python -m charrnn.gpu_checks --corpus <tinyshakespeare.txt> --out <folder>
+    python -m charrnn.gpu_checks --corpus <tinyshakespeare.txt> [--out <new folder>]
     python -m charrnn.gpu_checks --tiny --device cpu --out /tmp/checks   # the harness, on a CPU
 
 The checks run one after another, each in a process of its own, most important first:
@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path,
                         help="training text (default: Tiny Shakespeare, downloaded like train.py)")
-    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "gpu_checks")
+    parser.add_argument("--out", type=Path, help="a new folder for the report (default: "
+                        "outputs/gpu_checks/<date>_<time>)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--budget-s", type=float, default=math.inf,
                         help="seconds for all checks together (default: no limit)")
@@ -192,6 +193,11 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.corpus.is_file():
         parser.error(f"--corpus {args.corpus} is not a file: give the training text, e.g. "
                      "--corpus ../shared/data/tinyshakespeare.txt")
+    if args.out is None:
+        args.out = ROOT / "outputs" / "gpu_checks" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    if (args.out / JSON_FILE).exists():
+        parser.error(f"--out {args.out} already holds a report ({JSON_FILE}): give another "
+                     "folder, so that the earlier report is kept")
     deadline = time.monotonic() + args.budget_s
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict = {"environment": environment(), "checks": {}, "skipped": []}

@@ -34,6 +34,14 @@ def test_a_spent_budget_skips_every_check_and_still_writes_the_report(corpus, tm
     assert (tmp_path / LOG_FILE).is_file()
 
 
+def test_an_earlier_report_is_never_overwritten(corpus, tmp_path, capsys):
+    (tmp_path / JSON_FILE).write_text("{}")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--corpus", str(corpus), "--out", str(tmp_path), "--budget-s", "0"])
+    assert exit_.value.code == 2 and "already holds a report" in capsys.readouterr().err
+    assert (tmp_path / JSON_FILE).read_text() == "{}"
+
+
 def test_a_check_out_of_time_is_stopped_with_its_children(tmp_path):
     pid_file = tmp_path / "child.pid"
     script = ("import subprocess, sys, time; child = subprocess.Popen(['sleep', '60']); "
