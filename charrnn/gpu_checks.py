@@ -50,6 +50,7 @@ BATCH_SIZES, LEARNING_RATES = (64, 128, 256, 512), (1e-3, 2e-3, 4e-3)
 # The settings that meet cuDNN's conditions for its persistent RNN kernel (docs/performance.md).
 PERSISTENT = ("trainer.precision=16-mixed", "model.input=embedding", "model.embedding_dim=128")
 SWEPT = ("data.batch_size", "module.lr", "trainer.precision", "model.input")  # runs' names
+HEADLINES = ("ratio_b_over_a", "ratio_c_over_a", "step_overhead_ms")  # printed when measured
 MIN_START_S = 20  # a check is not started with less than this left
 Reader = Callable[["Plan", str], dict]  # (plan, the check's output) -> its results
 
@@ -146,6 +147,18 @@ def run_metrics(sweep: str) -> Reader:
     return read
 
 
+def headline(results: dict | None) -> str:
+    """The figures of a check's results that answer its question, for the terminal."""
+    if not results:
+        return ""
+    shown = [f"{key} {results[key]:.3g}" for key in HEADLINES if key in results]
+    persistent = [key[len("cudnn_"):-len("_persistent")] for key, value in results.items()
+                  if key.endswith("_persistent") and value]
+    if any(key.endswith("_persistent") for key in results):
+        shown.append(f"cuDNN's persistent kernel in: {', '.join(persistent) or 'none'}")
+    return ": " + "; ".join(shown) if shown else ""
+
+
 def checks(plan: Plan) -> list[tuple[str, list[str], Reader]]:
     """(name, command, reader of its results), most important first."""
     sweep = f"hydra.sweep.dir={plan.work}"
@@ -225,7 +238,8 @@ def main(argv: list[str] | None = None) -> dict:
             with log.open("a") as f:
                 f.write(f"\n===== {name}: {status}\n$ {' '.join(command)}\n{output[-20000:]}")
             (args.out / JSON_FILE).write_text(json.dumps(report, indent=2) + "\n")
-            print(f"{name}: {status} in {entry['seconds']} s", flush=True)
+            print(f"{name}: {status} in {entry['seconds']} s{headline(entry['results'])}",
+                  flush=True)
     (args.out / JSON_FILE).write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out / JSON_FILE} and {log}")
     return report

@@ -11,7 +11,16 @@ import time
 import pytest
 
 from charrnn.bench import ROOT
-from charrnn.gpu_checks import JSON_FILE, LOG_FILE, NAMES, Plan, checks, main, run_check
+from charrnn.gpu_checks import (
+    JSON_FILE,
+    LOG_FILE,
+    NAMES,
+    Plan,
+    checks,
+    headline,
+    main,
+    run_check,
+)
 
 CHECKS = ("train", "host_reads", "cudnn", "overhead", "profile", "batch_size", "persistent",
           "recipe")
@@ -60,6 +69,17 @@ def test_a_check_out_of_time_is_stopped_with_its_children(tmp_path):
 def test_without_a_budget_a_check_runs_to_its_end():
     done = run_check([sys.executable, "-c", "print('done')"], timeout=math.inf)
     assert done == ("done\n", "ok")
+
+
+def test_the_terminal_line_names_the_answer_of_a_check():
+    assert headline({"ratio_b_over_a": 0.9312, "ratio_c_over_a": 1.5, "x": 3}) == \
+        ": ratio_b_over_a 0.931; ratio_c_over_a 1.5"
+    assert headline({"cudnn_onehot_fp32_persistent": 0.0,
+                     "cudnn_embedding128_fp16_persistent": 1.0}) == \
+        ": cuDNN's persistent kernel in: embedding128_fp16"
+    assert headline({"cudnn_onehot_fp32_persistent": 0.0}) == \
+        ": cuDNN's persistent kernel in: none"
+    assert headline(None) == headline({"summary": "1 passed"}) == ""
 
 
 def test_a_missing_corpus_is_refused(tmp_path, capsys):
