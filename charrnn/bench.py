@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
 from charrnn.model import CharRNN, build_model
+from charrnn.module import FUSED_ADAM_DEVICES
 from charrnn.sampling import load_model, sample_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,8 +190,9 @@ def bench_corpus_text(tmp: Path, tiny: bool) -> Path:
 class PlainLoop:
     """(a): the default recipe as a plain PyTorch loop; `block()` trains `steps` steps.
 
-    model="nn.RNN": nn.RNN and a linear head, as a sixty-line script writes it; "charrnn": the
-    project's own model (its kernel too), so that only the loop around it differs from train.py.
+    model="nn.RNN": nn.RNN and a linear head, as a sixty-line script writes it (torch's default
+    Adam); "charrnn": the project's own model (its kernel too) and optimizer (fused Adam), so that
+    only the loop around them differs from train.py.
     """
 
     def __init__(self, corpus: Path, hidden_size: int, steps: int, precision: str,
@@ -211,7 +213,8 @@ class PlainLoop:
             net = torch.nn.ModuleList([rnn, head])
             self.forward = lambda x: head(rnn(F.one_hot(x, V).float())[0])
         self.params = list(net.parameters())
-        self.optimizer = torch.optim.Adam(self.params, lr=1e-3)
+        fused = model == "charrnn" and torch.device(device).type in FUSED_ADAM_DEVICES
+        self.optimizer = torch.optim.Adam(self.params, lr=1e-3, fused=fused or None)
         self.steps, self.precision, self.device = steps, precision, device
 
     def block(self) -> None:

