@@ -25,7 +25,8 @@ generate: characters/s of 1 and 64 samples, the default RNN and a Transformer of
         study (4 blocks of 128, context 256: past 256 characters the cache slides), and the
         time from launching generate.py to its first character.
 kernel: forward + backward of the model alone, model.kernel=torch (nn.RNN) against fused, fp32
-        and bf16, alternating in one process (on the CPU).
+        and bf16, alternating in one process (on the CPU); and an Adam step, torch's default
+        implementation against the fused one.
 overhead: the fixed cost of a step: milliseconds per step of train.py's path (progress,
         logging, diagnostics and checkpoints at their defaults) minus those of a plain loop
         around the same model at hidden 16, where computing costs little; every epoch is
@@ -191,8 +192,8 @@ class PlainLoop:
     """(a): the default recipe as a plain PyTorch loop; `block()` trains `steps` steps.
 
     model="nn.RNN": nn.RNN and a linear head, as a sixty-line script writes it (torch's default
-    Adam); "charrnn": the project's own model (its kernel too) and optimizer (fused Adam), so that
-    only the loop around them differs from train.py.
+    Adam); "charrnn": the project's own model (its kernel too) and optimizer (Adam, fused on a
+    GPU), so that only the loop around them differs from train.py.
     """
 
     def __init__(self, corpus: Path, hidden_size: int, steps: int, precision: str,
@@ -356,6 +357,27 @@ def bench_kernel(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
             results[f"kernel_{kernel}_{precision}_ms"] = 1000 * statistics.median(spent)
         results[f"kernel_speedup_{precision}"] = (results[f"kernel_torch_{precision}_ms"]
                                                   / results[f"kernel_fused_{precision}_ms"])
+    return results | adam_step_ms(model, args.repeats)
+
+
+def adam_step_ms(model: torch.nn.Module, repeats: int) -> dict[str, float]:
+    """Milliseconds per Adam step over the model's parameters: torch's default implementation
+    for them (on a CPU a loop over the tensors) against the fused one (training's on a GPU),
+    alternating."""
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    optimizers = {"default": torch.optim.Adam(model.parameters(), lr=1e-3),
+                  "fused": torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)}
+    times: dict[str, list[float]] = {name: [] for name in optimizers}
+    for i in range(2 + 5 * repeats):  # the first two rounds warm up
+        for name, optimizer in optimizers.items():
+            start = time.perf_counter()
+            for _ in range(20):
+                optimizer.step()
+            if i >= 2:
+                times[name].append((time.perf_counter() - start) / 20)
+    results = {f"adam_{name}_ms": 1000 * statistics.median(t) for name, t in times.items()}
+    results["adam_speedup"] = results["adam_default_ms"] / results["adam_fused_ms"]
     return results
 
 

@@ -65,21 +65,8 @@ def test_hparams_are_plain_containers():
     }
 
 
-def test_adam_is_fused_and_steps_as_adam():
-    """One kernel for every parameter (much faster on a CPU), the same update as torch's
-    per-tensor Adam."""
-    torch.manual_seed(0)
-    module = CharRNNModule(vocab="abc", model={"hidden_size": 8}, lr=0.01)
-    reference = CharRNNModule(vocab="abc", model={"hidden_size": 8}, lr=0.01)
-    reference.load_state_dict(module.state_dict())
-    fused = module.configure_optimizers()
-    assert fused.param_groups[0]["fused"]
-    plain = torch.optim.Adam(reference.parameters(), lr=0.01, foreach=False)
-    x = torch.randint(0, 3, (2, 5))
-    for _ in range(3):
-        for model, optimizer in ((module, fused), (reference, plain)):
-            optimizer.zero_grad()
-            model.model(x)[0].square().mean().backward()
-            optimizer.step()
-    for a, b in zip(module.parameters(), reference.parameters()):
-        torch.testing.assert_close(a, b)
+def test_adam_is_fused_on_a_gpu_and_torch_s_default_on_a_cpu():
+    module = CharRNNModule(vocab="abc", model={"hidden_size": 8})
+    assert not module.configure_optimizers().param_groups[0]["fused"]
+    module._device = torch.device("cuda", 0)  # where configure_optimizers finds the model
+    assert module.configure_optimizers().param_groups[0]["fused"]

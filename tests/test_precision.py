@@ -51,6 +51,7 @@ def test_benchmark_harness_end_to_end_tiny(tmp_path):
                      "--json", str(tmp_path / "bench.json")])
     assert results["ratio_b_over_a"] > 0 and results["ratio_c_over_a"] > 0
     assert results["ratio_bt_over_a_overhead"] > 0 and results["kernel_speedup_bf16"] > 0
+    assert results["adam_fused_ms"] > 0 and results["adam_speedup"] > 0
     assert results["val_chars_per_s_fp32"] > 0 and results["peak_rss_mb_lightning_fp32"] > 0
     assert results["overhead_lightning_bare_ms_per_step"] > 0
     assert results["step_overhead_ms"] == pytest.approx(
