@@ -197,6 +197,11 @@ def main(argv: list[str] | None = None) -> dict:
                         help="run only these checks (the environment is always read)")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: checks the harness only")
     args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    if device == "cpu" and args.device == "auto" and not args.tiny:
+        parser.error("no CUDA GPU is visible, and these are the GPU checks. On a CPU, --device "
+                     "cpu runs them anyway (hours at full size); --tiny --device cpu checks the "
+                     "harness in about a minute.")
     if args.corpus is None:
         try:
             args.corpus = download_tinyshakespeare(os.environ.get("CHARRNN_CACHE",
@@ -217,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
     log = args.out / LOG_FILE
     log.write_text(json.dumps(report["environment"]) + "\n")
     with tempfile.TemporaryDirectory() as work:
-        plan = Plan(args.corpus.resolve(), resolve_device(args.device), Path(work), args.tiny)
+        plan = Plan(args.corpus.resolve(), device, Path(work), args.tiny)
         for name, command, read in checks(plan):
             if args.only and name not in args.only:
                 continue

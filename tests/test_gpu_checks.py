@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from charrnn.bench import ROOT
 from charrnn.gpu_checks import (
@@ -34,8 +35,8 @@ def test_the_checks_come_most_important_first(tmp_path):
 def test_a_spent_budget_skips_every_check_and_still_writes_the_report(corpus, tmp_path):
     """Through the command line, as a user runs it: nothing ran, nothing failed, exit 0."""
     done = subprocess.run([sys.executable, "-m", "charrnn.gpu_checks", "--corpus", str(corpus),
-                           "--out", str(tmp_path), "--budget-s", "0"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+                           "--out", str(tmp_path), "--budget-s", "0", "--device", "cpu"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((tmp_path / JSON_FILE).read_text())
     assert report["skipped"] == list(CHECKS) and report["checks"] == {}
@@ -46,7 +47,8 @@ def test_a_spent_budget_skips_every_check_and_still_writes_the_report(corpus, tm
 def test_an_earlier_report_is_never_overwritten(corpus, tmp_path, capsys):
     (tmp_path / JSON_FILE).write_text("{}")
     with pytest.raises(SystemExit) as exit_:
-        main(["--corpus", str(corpus), "--out", str(tmp_path), "--budget-s", "0"])
+        main(["--corpus", str(corpus), "--out", str(tmp_path), "--budget-s", "0",
+              "--device", "cpu"])
     assert exit_.value.code == 2 and "already holds a report" in capsys.readouterr().err
     assert (tmp_path / JSON_FILE).read_text() == "{}"
 
@@ -82,9 +84,19 @@ def test_the_terminal_line_names_the_answer_of_a_check():
     assert headline(None) == headline({"summary": "1 passed"}) == ""
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_without_a_gpu_the_full_checks_are_refused(corpus, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--corpus", str(corpus), "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    assert "no CUDA GPU is visible" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_missing_corpus_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
-        main(["--corpus", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "out")])
+        main(["--corpus", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "out"),
+              "--device", "cpu"])
     assert exit_.value.code == 2
     assert "is not a file: give the training text" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
