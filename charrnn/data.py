@@ -307,13 +307,20 @@ class CharDataModule(L.LightningDataModule):
             )
         windows = TrainWindows(self.data[: self.n_train], self.seq_length, self._gather)
         return DataLoader(windows, batch_size=self.batch_size, sampler=sampler,
-                          collate_fn=_whole_batch)
+                          collate_fn=_whole_batch, pin_memory=self._to_gpu())
 
     def _eval_loader(self, start: int, end: int) -> DataLoader:
         streams = min(self.eval_batch_size, end - start) if self.contiguous_batches else 1
         windows = EvalWindows(self.data, start, end, self.seq_length, streams, self._gather)
         return DataLoader(windows, batch_size=self.eval_batch_size if streams == 1 else streams,
-                          collate_fn=_whole_batch)
+                          collate_fn=_whole_batch, pin_memory=self._to_gpu())
+
+    def _to_gpu(self) -> bool:
+        """Whether batches go to a GPU. They are pinned then: a copy from pageable memory may
+        wait for the GPU work queued before it (CUDA stages it through pinned memory), so the
+        host could not prepare the next step while the GPU runs this one."""
+        trainer = self.trainer
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.n_train, self.n_train + self.n_val)

@@ -1,4 +1,5 @@
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -109,6 +110,17 @@ def test_train_loader_batches_are_the_sampled_windows(tmp_path: Path):
     for row, s in enumerate(starts):
         assert torch.equal(x[row], dm.data[s : s + 10].long())
         assert torch.equal(y[row], dm.data[s + 1 : s + 11].long())
+
+
+def test_batches_are_pinned_when_they_go_to_a_gpu_only(tmp_path: Path):
+    (tmp_path / "c.txt").write_text("".join(chr(97 + i % 26) for i in range(3000)))
+    dm = CharDataModule(path=str(tmp_path / "c.txt"), seq_length=10, batch_size=8)
+    dm.setup()
+    loaders = (dm.train_dataloader, dm.val_dataloader, dm.test_dataloader)
+    assert not any(loader().pin_memory for loader in loaders)  # no trainer: generate.py
+    for device, pinned in (("cpu", False), (torch.device("cuda", 0), True)):
+        dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))
+        assert [loader().pin_memory for loader in loaders] == [pinned] * 3
 
 
 def test_shuffle_depends_on_seed_and_epoch_only():
