@@ -90,3 +90,15 @@ def test_reading_mapped_windows_leaves_no_file_pages_resident(tmp_path):
     starts = list(dm.train_dataloader().sampler)[:64]
     assert torch.equal(x[5], dm.data[starts[5] : starts[5] + 100].long())
     assert torch.equal(y[5], dm.data[starts[5] + 1 : starts[5] + 101].long())
+
+
+@pytest.mark.slow
+def test_the_corpus_benchmark_runs_tiny(tmp_path):
+    """`python -m charrnn.bench --only corpus`: encoding and training from the cache as the
+    corpus grows, each in a process of its own (tiny sizes)."""
+    from charrnn.bench import main as bench
+
+    results = bench(["--tiny", "--only", "corpus", "--json", str(tmp_path / "bench.json")])
+    for size in ("0.1", "0.2"):
+        assert results[f"corpus_{size}mb_encode_s"] > 0
+        assert results[f"corpus_{size}mb_train_peak_rss_mb"] > 0
