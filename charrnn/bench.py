@@ -65,6 +65,7 @@ from charrnn.sampling import load_model, sample_text
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 OVERHEAD_HIDDEN = 16  # --only overhead: a model whose computing costs little
+BATCH, SEQ_LENGTH = 64, 100  # a step of the default recipe: 64 windows of 100 characters
 
 
 def synchronize(device: torch.device | str = "cpu") -> None:
@@ -219,7 +220,7 @@ class PlainLoop:
         self.steps, self.precision, self.device = steps, precision, device
 
     def block(self) -> None:
-        L, B, device = 100, 64, self.device
+        L, B, device = SEQ_LENGTH, BATCH, self.device
         n_windows = (len(self.data) - 1) // L
         starts = torch.randperm(n_windows, device=device)[: self.steps * B] * L
         steps_ = torch.arange(L + 1, device=device)
@@ -241,7 +242,7 @@ def plain_loop(corpus: Path, hidden_size: int, steps: int, repeats: int,
     """(a): characters/s of the plain loop, the median of `repeats` blocks after a warm-up."""
     loop = PlainLoop(corpus, hidden_size, steps, precision, device, model)
     seconds = median_time(loop.block, repeats, warmup=1, device=device)
-    return {"chars_per_s": steps * 64 * 100 / seconds, **peak_memory_mb(device)}
+    return {"chars_per_s": steps * BATCH * SEQ_LENGTH / seconds, **peak_memory_mb(device)}
 
 
 class PlainBlocks(Callback):
@@ -301,7 +302,7 @@ def _paired_ms(blocks: PlainBlocks | None, chars_per_s: list[float]) -> dict[str
     """Milliseconds per step of each measured epoch and of the plain block paired with it."""
     if blocks is None:
         return {}
-    return {"lightning_ms": [1000 * 64 * 100 / c for c in chars_per_s],
+    return {"lightning_ms": [1000 * BATCH * SEQ_LENGTH / c for c in chars_per_s],
             "plain_ms": blocks.ms_per_step[1:]}  # [0]: the warm-up epoch's
 
 
@@ -338,7 +339,7 @@ def bench_kernel(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
     """Milliseconds per forward + backward of the default model (batch 64 x 100) for each kernel,
     the kernels alternating so that both see the same spells of a shared machine."""
     torch.manual_seed(0)
-    batch, length = (4, 10) if args.tiny else (64, 100)
+    batch, length = (4, 10) if args.tiny else (BATCH, SEQ_LENGTH)
     model = CharRNN(65, hidden_size=args.hidden_size)
     x, y = torch.randint(65, (batch, length)), torch.randint(65, (batch, length))
     results: dict[str, float] = {}
@@ -414,7 +415,7 @@ def bench_cudnn(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
     Each case's five costliest kernels are printed."""
     torch.manual_seed(0)
     device = args.device
-    batch, length = (4, 10) if args.tiny else (64, 100)
+    batch, length = (4, 10) if args.tiny else (BATCH, SEQ_LENGTH)
     x = torch.randint(65, (batch, length), device=device)
     y = torch.randint(65, (batch, length), device=device)
     results: dict[str, float] = {}

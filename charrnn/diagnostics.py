@@ -173,11 +173,12 @@ class GradientMonitor(Callback):
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        losses = torch.stack([loss for _, _, loss, _ in pending]).float()
-        norms = torch.stack([norm for _, _, _, norm in pending]).float()
-        values = torch.stack([losses, norms], dim=1).cpu()  # (steps, 2); one sync
-        self._norms.extend(values[:, 1].tolist())
-        self._loss_sum += float(values[:, 0].sum())
+        values = torch.stack([torch.stack([loss for _, _, loss, _ in pending]).float(),
+                              torch.stack([norm for _, _, _, norm in pending]).float()],
+                             dim=1).cpu()  # (steps, 2); one sync
+        losses, norms = values[:, 0], values[:, 1]
+        self._norms.extend(norms.tolist())
+        self._loss_sum += float(losses.sum())
         self._loss_count += len(pending)
         writer = getattr(trainer.logger, "experiment", None)
         if hasattr(writer, "add_scalar"):
@@ -186,7 +187,6 @@ class GradientMonitor(Callback):
                     writer.add_scalar("train/loss", loss, global_step=step - 1)
                     writer.add_scalar("train/grad_norm", norm, global_step=step - 1)
         limit = self.max_loss_ratio * math.log(len(pl_module.hparams.vocab))
-        losses, norms = values[:, 0], values[:, 1]
         bad = ~(losses.isfinite() & (losses <= limit) & (norms.isfinite() | _scaled(trainer)))
         if not bad.any():
             return

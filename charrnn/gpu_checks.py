@@ -82,6 +82,17 @@ class Plan:
                 *overrides, *sizes]
 
 
+def default_cache_dir() -> str:
+    """Where train.py keeps the downloaded corpus: data.cache_dir of conf/train/."""
+    from hydra import compose, initialize_config_dir
+
+    from charrnn.checkpoints import register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(ROOT / "conf" / "train"), version_base="1.3"):
+        return compose("train").data.cache_dir
+
+
 def run_check(command: list[str], timeout: float) -> tuple[str, str]:
     """Its output and how it ended; at the timeout (seconds, or math.inf) its whole process
     group is stopped (the benchmark's workers too)."""
@@ -204,8 +215,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "harness in about a minute.")
     if args.corpus is None:
         try:
-            args.corpus = download_tinyshakespeare(os.environ.get("CHARRNN_CACHE",
-                                                                  "~/.cache/charrnn"))
+            args.corpus = download_tinyshakespeare(default_cache_dir())
         except CharRNNError as err:
             parser.error(f"{err} Or give the text with --corpus.")
     if not args.corpus.is_file():

@@ -18,6 +18,7 @@ from charrnn.gpu_checks import (
     NAMES,
     Plan,
     checks,
+    default_cache_dir,
     headline,
     main,
     run_check,
@@ -91,6 +92,11 @@ def test_without_a_gpu_the_full_checks_are_refused(corpus, tmp_path, capsys):
     assert exit_.value.code == 2
     assert "no CUDA GPU is visible" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_default_corpus_is_where_train_py_keeps_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHARRNN_CACHE", str(tmp_path))  # data.cache_dir of conf/train/
+    assert default_cache_dir() == str(tmp_path)
 
 
 def test_a_missing_corpus_is_refused(tmp_path, capsys):
