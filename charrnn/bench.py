@@ -2,7 +2,7 @@
 
     python -m charrnn.bench                  # training and generation, default sizes
     python -m charrnn.bench --only train     # one group: train | kernel | generate | corpus |
-                                             # overhead | cudnn
+                                             # overhead | cudnn | profile
     python -m charrnn.bench --tiny           # seconds: a smoke test of the harness itself
     python -m charrnn.bench --device cpu     # train on the CPU even when a GPU is present
     python -m charrnn.bench --only overhead --set vanishing.every_n_steps=0  # what it costs
@@ -33,6 +33,9 @@ overhead: the fixed cost of a step: milliseconds per step of train.py's path (pr
         paired with a plain block run just before it in the same process.
 cudnn:  nn.RNN's forward + backward (cuDNN on a GPU) with one-hot input or an embedding of 128,
         fp32, bf16 and fp16: which cases reach cuDNN's persistent RNN kernel, and at what speed.
+profile: torch.profiler over 20 training steps of train.py's path at the default size, after 20
+        of warm-up: the costliest operations, milliseconds per step, synchronising calls and
+        copies from pageable memory per step, and how busy the GPU was (charrnn.profiling).
 corpus: encoding time and peak memory of the memory-mapped corpus cache at growing sizes
         (not in the default set: it writes a few hundred MB to a temporary folder).
 """
@@ -65,6 +68,7 @@ from charrnn.sampling import load_model, sample_text
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 OVERHEAD_HIDDEN = 16  # --only overhead: a model whose computing costs little
+PROFILE_START, PROFILE_STEPS = 20, 20  # --only profile: warm-up steps, then profiled steps
 BATCH, SEQ_LENGTH = 64, 100  # a step of the default recipe: 64 windows of 100 characters
 
 
@@ -620,8 +624,28 @@ def bench_overhead(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
     }
 
 
+def bench_profile(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
+    """torch.profiler over training steps of train.py's path (charrnn.profiling); its table of
+    the costliest operations is printed."""
+    from charrnn.profiling import StepProfile
+    from charrnn.training import train
+
+    corpus = args.corpus or bench_corpus_text(tmp, args.tiny)
+    start, steps = (2, 3) if args.tiny else (PROFILE_START, PROFILE_STEPS)
+    profile = StepProfile(start, steps)
+    with tempfile.TemporaryDirectory() as run_dir:
+        cfg = _train_config(corpus, run_dir, args.hidden_size, start + steps + 1, 0,
+                            ["test=false", "trainer.limit_val_batches=1", *args.set],
+                            args.device)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            train(cfg, first_callbacks=(profile,))
+    print(profile.table())
+    return profile.summary()
+
+
 GROUPS = {"train": bench_train, "kernel": bench_kernel, "generate": bench_generate,
-          "corpus": bench_corpus, "overhead": bench_overhead, "cudnn": bench_cudnn}
+          "corpus": bench_corpus, "overhead": bench_overhead, "cudnn": bench_cudnn,
+          "profile": bench_profile}
 DEFAULT_GROUPS = ("train", "kernel", "generate")
 
 

@@ -10,7 +10,7 @@ The checks run one after another, each in a process of its own, most important f
     host_reads   tests/test_host_reads.py: no training step waits for the GPU
     cudnn        bench --only cudnn: which settings reach cuDNN's persistent RNN kernel
     overhead     bench --only overhead: the fixed cost of a step
-    profile      50 steps of train.py under trainer.profiler=pytorch (its table in the log)
+    profile      bench --only profile: torch.profiler over 20 steps of train.py's path
     batch_size   data.batch_size 64..512 x module.lr 1e-3..4e-3, 5 epochs each
     persistent   to early stopping with the settings that reach cuDNN's persistent kernel
     recipe       the default recipe to early stopping, fp32 and bf16-mixed
@@ -50,7 +50,8 @@ BATCH_SIZES, LEARNING_RATES = (64, 128, 256, 512), (1e-3, 2e-3, 4e-3)
 # The settings that meet cuDNN's conditions for its persistent RNN kernel (docs/performance.md).
 PERSISTENT = ("trainer.precision=16-mixed", "model.input=embedding", "model.embedding_dim=128")
 SWEPT = ("data.batch_size", "module.lr", "trainer.precision", "model.input")  # runs' names
-HEADLINES = ("ratio_b_over_a", "ratio_c_over_a", "step_overhead_ms")  # printed when measured
+HEADLINES = ("ratio_b_over_a", "ratio_c_over_a", "step_overhead_ms",  # printed when measured
+             "profile_device_busy_fraction", "profile_pageable_copies_per_step")
 MIN_START_S = 20  # a check is not started with less than this left
 Reader = Callable[["Plan", str], dict]  # (plan, the check's output) -> its results
 
@@ -130,18 +131,6 @@ def pytest_summary(plan: Plan, output: str) -> dict:
     return {"summary": lines[-1] if lines else ""}
 
 
-def profile_table(plan: Plan, output: str) -> dict:
-    """The table torch.profiler printed when fitting ended."""
-    lines = output.splitlines()
-    start = next((i for i, line in enumerate(lines) if "Profiler Report" in line), len(lines))
-    table = []
-    for line in lines[start:]:
-        table.append(line.rstrip())
-        if "time total" in line:
-            break
-    return {"table": table}
-
-
 def run_metrics(sweep: str) -> Reader:
     """metrics.json of every run under the sweep's folder, with the overrides that made it."""
     def read(plan: Plan, output: str) -> dict:
@@ -182,9 +171,7 @@ def checks(plan: Plan) -> list[tuple[str, list[str], Reader]]:
         ("cudnn", plan.bench("cudnn"), bench_results("cudnn")),
         ("overhead", plan.bench("overhead", "--rounds", "3", "--repeats", "4"),
          bench_results("overhead")),
-        ("profile", plan.train("trainer.profiler=pytorch", "trainer.max_epochs=1",
-                               "trainer.limit_train_batches=50", "test=false",
-                               f"hydra.run.dir={plan.work / 'profile'}"), profile_table),
+        ("profile", plan.bench("profile"), bench_results("profile")),
         ("batch_size", plan.train(f"data.batch_size={batch_sizes}", f"module.lr={rates}",
                                   "trainer.max_epochs=5", "test=false", f"{sweep}/batch_size",
                                   multirun=True), run_metrics("batch_size")),

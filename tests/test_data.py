@@ -123,6 +123,20 @@ def test_batches_are_pinned_when_they_go_to_a_gpu_only(tmp_path: Path):
         assert [loader().pin_memory for loader in loaders] == [pinned] * 3
 
 
+@pytest.mark.parametrize("options", [{}, {"memmap": True}, {"contiguous_batches": True},
+                                     {"random_offset": True}])
+def test_every_batch_is_contiguous(tmp_path: Path, options: dict):
+    """A non-contiguous batch reaches a GPU through a pageable copy, which waits for all queued
+    GPU work: the host could not prepare the next step while the GPU runs this one."""
+    (tmp_path / "c.txt").write_text("".join(chr(97 + i % 26) for i in range(3000)))
+    dm = CharDataModule(path=str(tmp_path / "c.txt"), seq_length=10, batch_size=8,
+                        cache_dir=str(tmp_path / "cache"), **options)
+    dm.setup()
+    for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
+        x, y = next(iter(loader))
+        assert x.is_contiguous() and y.is_contiguous()
+
+
 def test_shuffle_depends_on_seed_and_epoch_only():
     a, b = WindowSampler(501, 10, seed=1), WindowSampler(501, 10, seed=1)
     first = list(a)

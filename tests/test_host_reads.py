@@ -101,3 +101,19 @@ def test_on_a_gpu_no_step_synchronizes(tiny_cfg, precision):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert watch.steps > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_on_a_gpu_no_copy_comes_from_pageable_memory(tiny_cfg):
+    """CUDA waits for all queued work before a copy from pageable memory, which the
+    synchronisation check above cannot see: the profiler names each copy's source."""
+    from charrnn.profiling import StepProfile
+    from charrnn.training import train
+
+    profile = StepProfile(start=2, steps=5)
+    train(tiny_cfg("trainer.accelerator=gpu", "gradients.check_every_n_steps=1000",
+                   "vanishing.every_n_steps=0", "trainer.max_epochs=1", "test=false"),
+          first_callbacks=(profile,))
+    summary = profile.summary()
+    assert summary["profile_pageable_copies_per_step"] == 0
+    assert summary["profile_syncs_per_step"] == 0
