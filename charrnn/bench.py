@@ -632,9 +632,10 @@ def bench_profile(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
 
     corpus = args.corpus or bench_corpus_text(tmp, args.tiny)
     start, steps = (2, 3) if args.tiny else (PROFILE_START, PROFILE_STEPS)
-    profile = StepProfile(start, steps)
+    profile = StepProfile(start, steps, stop=True)
     with tempfile.TemporaryDirectory() as run_dir:
-        cfg = _train_config(corpus, run_dir, args.hidden_size, start + steps + 1, 0,
+        # As many epochs as steps: a tiny corpus may hold one batch an epoch.
+        cfg = _train_config(corpus, run_dir, args.hidden_size, start + steps + 1, start + steps,
                             ["test=false", "trainer.limit_val_batches=1", *args.set],
                             args.device)
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):

@@ -20,10 +20,11 @@ SYNC_CALLS = ("cudaDeviceSynchronize", "cudaStreamSynchronize", "cudaEventSynchr
 
 
 class StepProfile(L.Callback):
-    """Profiles training steps [start, start + steps) of the run it is given to."""
+    """Profiles training steps [start, start + steps) of the run it is given to, counted across
+    epochs; `stop`: training ends after them."""
 
-    def __init__(self, start: int, steps: int) -> None:
-        self.start, self.steps = start, steps
+    def __init__(self, start: int, steps: int, stop: bool = False) -> None:
+        self.start, self.steps, self.stop = start, steps, stop
         self.profiler: profile | None = None
         self.wall_s: float | None = None
         self.device = "cpu"
@@ -46,12 +47,12 @@ class StepProfile(L.Callback):
                 torch.cuda.synchronize()
             self.wall_s = time.perf_counter() - self._t0
             self.profiler.__exit__(None, None, None)
+            trainer.should_stop = trainer.should_stop or self.stop
 
     def summary(self) -> dict[str, float]:
         """Per step: wall time, host-to-device copies from pageable memory, synchronising
         calls, and the fraction of the wall time the device was busy."""
-        if self.wall_s is None:
-            raise RuntimeError(f"the run ended before step {self.start + self.steps}")
+        self._check_done()
         events = self.profiler.events()
         per_step = 1 / self.steps
         result = {
@@ -66,8 +67,15 @@ class StepProfile(L.Callback):
 
     def table(self, rows: int = 20) -> str:
         """The costliest operations, by device time on a GPU, else by host time."""
+        self._check_done()
         key = "self_device_time_total" if self.device == "cuda" else "self_cpu_time_total"
         return self.profiler.key_averages().table(sort_by=key, row_limit=rows)
+
+
+    def _check_done(self) -> None:
+        if self.wall_s is None:
+            raise RuntimeError(f"the run ended before training step {self.start + self.steps}: "
+                               "give it more steps (trainer.max_epochs, a longer corpus)")
 
 
 def _busy_us(events) -> float:

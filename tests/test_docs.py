@@ -185,3 +185,22 @@ def test_configuration_page_documents_every_key(name):
     page = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
     missing = [key for key in _leaf_keys(cfg) if f"`{key}`" not in page]
     assert not missing, "docs/configuration.md does not document: " + ", ".join(missing)
+
+
+def test_documented_benchmark_groups_and_checks_exist():
+    """`python -m charrnn.bench --only X` and `python -m charrnn.gpu_checks --only X`, and the
+    groups listed as `--only a|b|c`, name groups and checks that exist."""
+    from charrnn.bench import GROUPS
+    from charrnn.gpu_checks import NAMES
+
+    known = {"bench": set(GROUPS), "gpu_checks": set(NAMES)}
+    named = []
+    for doc in DOCS:
+        text = doc.read_text(encoding="utf-8")
+        for tool, names in re.findall(r"charrnn\.(bench|gpu_checks)((?:\s+--only\s+[a-z_|]+)+)",
+                                      text):
+            named += [(doc.name, tool, n) for n in re.findall(r"[a-z_]+", names) if n != "only"]
+        for group in re.findall(r"`--only ([a-z_]+(?:\|[a-z_]+)+)`", text):
+            named += [(doc.name, "bench", n) for n in group.split("|")]
+    assert any(tool == "gpu_checks" for _, tool, _ in named)
+    assert [(d, t, n) for d, t, n in named if n not in known[t]] == []
