@@ -8,9 +8,9 @@ The checks run one after another, each in a process of its own, most important f
     environment  GPU, SM count, torch, CUDA and cuDNN versions
     train        bench --only train: the plain loop against train.py's path, fp32 and bf16
     host_reads   tests/test_host_reads.py: no training step waits for the GPU
+    profile      bench --only profile: torch.profiler over 20 steps of train.py's path
     cudnn        bench --only cudnn: which settings reach cuDNN's persistent RNN kernel
     overhead     bench --only overhead: the fixed cost of a step
-    profile      bench --only profile: torch.profiler over 20 steps of train.py's path
     batch_size   data.batch_size 64..512 x module.lr 1e-3..4e-3, 5 epochs each
     persistent   to early stopping with the settings that reach cuDNN's persistent kernel
     recipe       the default recipe to early stopping, fp32 and bf16-mixed
@@ -44,7 +44,7 @@ from charrnn.data import download_tinyshakespeare
 from charrnn.errors import CharRNNError
 
 JSON_FILE, LOG_FILE = "gpu_checks.json", "gpu_checks.log"
-NAMES = ("train", "host_reads", "cudnn", "overhead", "profile", "batch_size", "persistent",
+NAMES = ("train", "host_reads", "profile", "cudnn", "overhead", "batch_size", "persistent",
          "recipe")
 BATCH_SIZES, LEARNING_RATES = (64, 128, 256, 512), (1e-3, 2e-3, 4e-3)
 # The settings that meet cuDNN's conditions for its persistent RNN kernel (docs/performance.md).
@@ -168,10 +168,10 @@ def checks(plan: Plan) -> list[tuple[str, list[str], Reader]]:
         ("train", plan.bench("train", "--repeats", "3", "--rounds", "1"), bench_results("train")),
         ("host_reads", [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                         "tests/test_host_reads.py"], pytest_summary),
+        ("profile", plan.bench("profile"), bench_results("profile")),
         ("cudnn", plan.bench("cudnn"), bench_results("cudnn")),
         ("overhead", plan.bench("overhead", "--rounds", "3", "--repeats", "4"),
          bench_results("overhead")),
-        ("profile", plan.bench("profile"), bench_results("profile")),
         ("batch_size", plan.train(f"data.batch_size={batch_sizes}", f"module.lr={rates}",
                                   "trainer.max_epochs=5", "test=false", f"{sweep}/batch_size",
                                   multirun=True), run_metrics("batch_size")),

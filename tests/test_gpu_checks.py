@@ -24,7 +24,7 @@ from charrnn.gpu_checks import (
     run_check,
 )
 
-CHECKS = ("train", "host_reads", "cudnn", "overhead", "profile", "batch_size", "persistent",
+CHECKS = ("train", "host_reads", "profile", "cudnn", "overhead", "batch_size", "persistent",
           "recipe")
 
 
