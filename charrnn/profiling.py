@@ -49,6 +49,11 @@ class StepProfile(L.Callback):
             self.profiler.__exit__(None, None, None)
             trainer.should_stop = trainer.should_stop or self.stop
 
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if self.profiler is not None and self.wall_s is None:  # the run ended inside the window
+            self.profiler.__exit__(None, None, None)
+            self.profiler = None
+
     def summary(self) -> dict[str, float]:
         """Per step: wall time, host-to-device copies from pageable memory, synchronising
         calls, and the fraction of the wall time the device was busy."""

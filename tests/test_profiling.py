@@ -1,6 +1,7 @@
 """StepProfile: torch.profiler over a window of training steps of train.py's own path."""
 
 import pytest
+import torch
 
 from charrnn.profiling import StepProfile
 from charrnn.training import train
@@ -22,3 +23,4 @@ def test_a_run_shorter_than_the_window_says_so(tiny_cfg):
     train(tiny_cfg("trainer.max_epochs=1", "test=false"), first_callbacks=(profile,))
     with pytest.raises(RuntimeError, match="ended before training step 10003"):
         profile.summary()
+    assert torch.autograd.profiler._is_profiler_enabled is False  # not left running
