@@ -62,7 +62,9 @@ class StepProfile(L.Callback):
         per_step = 1 / self.steps
         result = {
             "profile_ms_per_step": 1000 * self.wall_s * per_step,
-            "profile_syncs_per_step": per_step * sum(e.name in SYNC_CALLS for e in events),
+            # On a GPU, less the one that ends the window (on_train_batch_end).
+            "profile_syncs_per_step": per_step * (sum(e.name in SYNC_CALLS for e in events)
+                                                  - (self.device == "cuda")),
         }
         if self.device == "cuda":
             result["profile_pageable_copies_per_step"] = per_step * sum(
@@ -75,7 +77,6 @@ class StepProfile(L.Callback):
         self._check_done()
         key = "self_device_time_total" if self.device == "cuda" else "self_cpu_time_total"
         return self.profiler.key_averages().table(sort_by=key, row_limit=rows)
-
 
     def _check_done(self) -> None:
         if self.wall_s is None:
@@ -90,9 +91,9 @@ def _busy_us(events) -> float:
                    if e.device_type == DeviceType.CUDA
                    and not getattr(e, "is_user_annotation", False)
                    and not e.name.startswith(("[", "ProfilerStep")))
-    busy, end = 0.0, float("-inf")
-    for s, e in spans:
-        if e > end:
-            busy += e - max(s, end)
-            end = e
+    busy, covered = 0.0, float("-inf")  # covered: the end of the spans counted so far
+    for begin, end in spans:
+        if end > covered:
+            busy += end - max(begin, covered)
+            covered = end
     return busy

@@ -24,3 +24,19 @@ def test_a_run_shorter_than_the_window_says_so(tiny_cfg):
     with pytest.raises(RuntimeError, match="ended before training step 10003"):
         profile.summary()
     assert torch.autograd.profiler._is_profiler_enabled is False  # not left running
+
+
+def test_device_busy_time_is_the_union_of_kernel_spans():
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from charrnn.profiling import _busy_us
+
+    def event(begin, end, name="kernel", device=DeviceType.CUDA):
+        return SimpleNamespace(time_range=SimpleNamespace(start=begin, end=end), name=name,
+                               device_type=device, is_user_annotation=False)
+
+    events = [event(0, 10), event(5, 12), event(20, 25), event(21, 22),  # overlaps count once
+              event(0, 100, name="[pl][module]model"), event(30, 90, device=DeviceType.CPU)]
+    assert _busy_us(events) == 12 + 5
