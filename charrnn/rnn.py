@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -146,10 +148,12 @@ class CharRNN(nn.Module):
             out, state = rnn_tanh(self.rnn, inputs.transpose(0, 1), state, onehot=False,
                                   weights=weights)
             return self._output(out, time_dim=0).transpose(0, 1), state
-        if weights:  # DropConnect: this call runs with the dropped hidden-to-hidden weights
-            out, state = functional_call(self.rnn, weights, (inputs, state))
-        else:
-            out, state = self.rnn(inputs, state)  # (B, T, H)
+        with torch.autocast("cuda", enabled=False) if _bf16_autocast_on_gpu(inputs) else \
+                contextlib.nullcontext():
+            if weights:  # DropConnect: this call runs with the dropped hidden-to-hidden weights
+                out, state = functional_call(self.rnn, weights, (inputs, state))
+            else:
+                out, state = self.rnn(inputs, state)  # (B, T, H)
         return self._output(out, time_dim=1), state
 
     def _dropped_weights(self) -> dict[str, torch.Tensor]:
@@ -168,6 +172,15 @@ class CharRNN(nn.Module):
         ):
             return _TanhStepper(self)
         return lambda ids, state: _last(self(ids.unsqueeze(1), state))
+
+
+def _bf16_autocast_on_gpu(inputs: torch.Tensor) -> bool:
+    """Whether the recurrence would run under bf16 autocast on a GPU. There PyTorch's autocast
+    gives cuDNN's RNNs fp16, whatever autocast's dtype (`_cudnn_rnn_cast_reflatten`), and no loss
+    scaler guards fp16 under bf16-mixed: the recurrence runs in fp32 instead (on the H200 cuDNN's
+    fp16 RNN was slower than fp32 with one-hot input anyway, docs/performance.md)."""
+    return (inputs.is_cuda and torch.is_autocast_enabled("cuda")
+            and torch.get_autocast_dtype("cuda") == torch.bfloat16)
 
 
 def _last(result: tuple[torch.Tensor, State]) -> tuple[torch.Tensor, State]:

@@ -3,10 +3,12 @@
 import json
 
 import pytest
+import torch
 
 from charrnn.bench import main as bench
 from charrnn.precision import resolve_precision
 from charrnn.report import read_scalars
+from charrnn.rnn import CharRNN
 from charrnn.training import train
 
 
@@ -68,3 +70,21 @@ def test_benchmark_overrides_reach_the_training_runs(tmp_path):
     with pytest.raises(RuntimeError, match="(?s)lightning_bare failed.*vanishing.every_n_stepz"):
         bench(["--tiny", "--only", "overhead", "--set", "vanishing.every_n_stepz=0",
                "--json", str(tmp_path / "bench.json")])
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU"))])
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_bf16_autocast_runs_cudnn_recurrences_in_fp32(device, cell):
+    """Autocast would give cuDNN's RNNs fp16 (no loss scaler under bf16-mixed): on a GPU the
+    recurrence runs in fp32 under bf16 autocast, in fp16 under fp16 autocast (16-mixed, with
+    its scaler); a CPU runs it in bf16."""
+    model = CharRNN(65, hidden_size=128, cell=cell, kernel="torch").to(device)
+    x = torch.randint(65, (8, 12), device=device)
+    expected = {"cpu": {torch.bfloat16: torch.bfloat16},
+                "cuda": {torch.bfloat16: torch.float32, torch.float16: torch.float16}}[device]
+    for dtype, state_dtype in expected.items():
+        with torch.autocast(device, dtype=dtype):
+            logits, state = model(x)
+        h = state[0] if isinstance(state, tuple) else state
+        assert (h.dtype, logits.dtype) == (state_dtype, dtype)
