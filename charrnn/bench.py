@@ -72,6 +72,14 @@ PROFILE_START, PROFILE_STEPS = 20, 20  # --only profile: warm-up steps, then pro
 BATCH, SEQ_LENGTH = 64, 100  # a step of the default recipe: 64 windows of 100 characters
 
 
+def quiet() -> contextlib.ExitStack:
+    """Training's progress and Lightning's messages kept off the benchmark's output."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+    return stack
+
+
 def synchronize(device: torch.device | str = "cpu") -> None:
     """Wait for queued GPU work: CUDA runs asynchronously, so a host clock needs this."""
     if torch.device(device).type == "cuda":
@@ -292,7 +300,7 @@ def lightning_path(corpus: Path, hidden_size: int, steps: int, repeats: int,
     blocks = PlainBlocks(plain) if plain else None
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = _train_config(corpus, run_dir, hidden_size, steps, repeats, overrides, device)
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        with quiet():
             train(cfg, first_callbacks=(blocks,) if blocks else ())
         logged = read_scalars(Path(run_dir))
     train_speeds = [v for _, v in logged["train/chars_per_s"]][1:]
@@ -333,7 +341,7 @@ def lightning_bare(corpus: Path, hidden_size: int, steps: int, repeats: int,
             enable_model_summary=False, default_root_dir=run_dir,
             callbacks=[blocks, speed] if blocks else [speed],
         )
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        with quiet():
             trainer.fit(module, datamodule=dm)
     speeds = speed.epoch_chars_per_s[1:]
     return {"chars_per_s": statistics.median(speeds), **_paired_ms(blocks, speeds)}
@@ -468,7 +476,7 @@ def corpus_train(corpus: Path, cache_dir: Path, hidden_size: int, steps: int) ->
                 "trainer.limit_test_batches=2", "vanishing.every_n_steps=0",
             ])
         start = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        with quiet():
             train(cfg)
     return {"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
 
@@ -638,7 +646,7 @@ def bench_profile(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
         cfg = _train_config(corpus, run_dir, args.hidden_size, start + steps + 1, start + steps,
                             ["test=false", "trainer.limit_val_batches=1", *args.set],
                             args.device)
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        with quiet():
             train(cfg, first_callbacks=(profile,))
     print(profile.table())
     return profile.summary()

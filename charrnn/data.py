@@ -118,10 +118,11 @@ class TrainWindows(Dataset):
 
     def __getitems__(self, starts: list[int]) -> Batch:
         positions = torch.tensor(starts)[:, None] + torch.arange(self.seq_length + 1)
-        chunk = self.gather(positions).long()  # (B, seq_length + 1)
-        # Contiguous copies, not views with the chunk's stride: a non-contiguous tensor goes to
-        # a GPU through a pageable temporary, and that copy waits for all queued GPU work.
-        return chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
+        chunk = self.gather(positions)  # (B, seq_length + 1)
+        # Contiguous, not views with the chunk's stride: a non-contiguous tensor goes to a GPU
+        # through a pageable temporary, and that copy waits for all queued GPU work. (`long()`
+        # of such a view is already one contiguous copy; `contiguous()` then costs nothing.)
+        return chunk[:, :-1].long().contiguous(), chunk[:, 1:].long().contiguous()
 
 
 class WindowSampler(Sampler[int]):

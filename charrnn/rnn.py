@@ -148,8 +148,8 @@ class CharRNN(nn.Module):
             out, state = rnn_tanh(self.rnn, inputs.transpose(0, 1), state, onehot=False,
                                   weights=weights)
             return self._output(out, time_dim=0).transpose(0, 1), state
-        with torch.autocast("cuda", enabled=False) if _bf16_autocast_on_gpu(inputs) else \
-                contextlib.nullcontext():
+        fp32 = _bf16_autocast_on_gpu(inputs)
+        with torch.autocast("cuda", enabled=False) if fp32 else contextlib.nullcontext():
             if weights:  # DropConnect: this call runs with the dropped hidden-to-hidden weights
                 out, state = functional_call(self.rnn, weights, (inputs, state))
             else:
