@@ -7,7 +7,8 @@ The checks run one after another, each in a process of its own, most important f
 
     environment  GPU, SM count, torch, CUDA and cuDNN versions
     train        bench --only train: the plain loop against train.py's path, fp32 and bf16
-    host_reads   tests/test_host_reads.py: no training step waits for the GPU
+    gpu_tests    pytest -m gpu: every test that needs a GPU (no training step waits for it,
+                 bf16's recurrence runs in fp32, the gradient distance matches the CPU's)
     profile      bench --only profile: torch.profiler over 20 steps of train.py's path
     cudnn        bench --only cudnn: which settings reach cuDNN's persistent RNN kernel
     overhead     bench --only overhead: the fixed cost of a step
@@ -44,7 +45,7 @@ from charrnn.data import download_tinyshakespeare
 from charrnn.errors import CharRNNError
 
 JSON_FILE, LOG_FILE = "gpu_checks.json", "gpu_checks.log"
-NAMES = ("train", "host_reads", "profile", "cudnn", "overhead", "batch_size", "persistent",
+NAMES = ("train", "gpu_tests", "profile", "cudnn", "overhead", "batch_size", "persistent",
          "recipe")
 BATCH_SIZES, LEARNING_RATES = (64, 128, 256, 512), (1e-3, 2e-3, 4e-3)
 # The settings that meet cuDNN's conditions for its persistent RNN kernel (docs/performance.md).
@@ -166,8 +167,8 @@ def checks(plan: Plan) -> list[tuple[str, list[str], Reader]]:
     rates = ",".join(map(str, LEARNING_RATES))
     return [
         ("train", plan.bench("train", "--repeats", "3", "--rounds", "1"), bench_results("train")),
-        ("host_reads", [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                        "tests/test_host_reads.py"], pytest_summary),
+        ("gpu_tests", [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                       "-m", "gpu"], pytest_summary),
         ("profile", plan.bench("profile"), bench_results("profile")),
         ("cudnn", plan.bench("cudnn"), bench_results("cudnn")),
         ("overhead", plan.bench("overhead", "--rounds", "3", "--repeats", "4"),

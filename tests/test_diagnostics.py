@@ -68,7 +68,7 @@ def test_gradient_distance_runs_for_gated_cells(cell):
     assert curve.shape == (7,) and torch.isfinite(curve).all() and curve[0] > 0
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (cuDNN)")
+@pytest.mark.gpu
 @pytest.mark.parametrize("cell", ["rnn", "lstm"])
 def test_gradient_distance_on_a_gpu_matches_the_cpu(cell):
     # cuDNN refuses backward through an RNN in eval mode: this crashed training on a GPU.

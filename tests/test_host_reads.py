@@ -73,7 +73,7 @@ def test_training_steps_read_nothing_outside_the_grouped_reads(tiny_cfg):
     assert watch.mode.reads == []
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "16-mixed"])
 def test_on_a_gpu_no_step_synchronizes(tiny_cfg, precision):
     """torch's own check: a synchronizing call inside a step is an error, not a warning. Under
@@ -103,7 +103,7 @@ def test_on_a_gpu_no_step_synchronizes(tiny_cfg, precision):
     assert watch.steps > 0
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.gpu
 def test_on_a_gpu_no_copy_comes_from_pageable_memory(tiny_cfg):
     """CUDA waits for all queued work before a copy from pageable memory, which the
     synchronisation check above cannot see: the profiler names each copy's source."""

@@ -72,8 +72,7 @@ def test_benchmark_overrides_reach_the_training_runs(tmp_path):
                "--json", str(tmp_path / "bench.json")])
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a GPU"))])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("cell", ["rnn", "lstm"])
 def test_bf16_autocast_runs_cudnn_recurrences_in_fp32(device, cell):
     """Autocast would give cuDNN's RNNs fp16 (no loss scaler under bf16-mixed): on a GPU the
