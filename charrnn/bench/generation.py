@@ -1,0 +1,82 @@
+"""--only generate: characters/s of sampling, and the time from launch to the first character."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from charrnn.bench.measure import ROOT, median_time
+from charrnn.model import build_model
+from charrnn.sampling import load_model, sample_text
+
+
+def write_random_checkpoint(path: Path, vocab: str, hidden_size: int,
+                            **model: object) -> Path:
+    """A checkpoint in train.py's format with untrained weights: speed does not depend on them."""
+    settings = {"hidden_size": hidden_size, **model}
+    net = build_model(len(vocab), **settings)
+    torch.save(
+        {
+            "epoch": 0,
+            "state_dict": {f"model.{k}": v for k, v in net.state_dict().items()},
+            "hyper_parameters": {"vocab": vocab, "model": settings, "lr": 1e-3},
+        },
+        path,
+    )
+    return path
+
+
+# The Transformer of `experiment=cells`: 4 blocks of width 128, context 256.
+BENCH_TRANSFORMER = {"cell": "transformer", "num_layers": 4, "num_heads": 4,
+                     "context_length": 256}
+
+
+def time_to_first_char(ckpt: Path) -> float:
+    """Seconds from launching `python generate.py` to the first generated character."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "generate.py"), f"ckpt_path={ckpt}", "length=200"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT,
+    )
+    proc.stdout.read(1)
+    elapsed = time.perf_counter() - start
+    proc.stdout.read()
+    proc.wait()
+    return elapsed
+
+
+def import_time() -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch, hydra"], check=True)
+    return time.perf_counter() - start
+
+
+def bench_generate(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
+    vocab = "".join(chr(c) for c in range(32, 32 + 65))  # 65 characters, like Tiny Shakespeare
+    ckpt = write_random_checkpoint(tmp / "bench.ckpt", vocab, args.hidden_size)
+    transformer = write_random_checkpoint(tmp / "transformer.ckpt", vocab,
+                                          16 if args.tiny else 128, **BENCH_TRANSFORMER)
+    results: dict[str, float] = {}
+    for label, path in (("", ckpt), ("transformer_", transformer)):
+        model, vocab_ = load_model(path)
+        for batch, length in ((1, args.gen_length), (64, args.gen_length // 4)):
+            generator = torch.Generator().manual_seed(0)
+
+            def generate(batch: int = batch, length: int = length, model=model,
+                         vocab_=vocab_, generator: torch.Generator = generator) -> None:
+                sample_text(model, vocab_, "A", length, 1.0, num_samples=batch,
+                            generator=generator)
+
+            seconds = median_time(generate, args.repeats)
+            results[f"generate_{label}{batch}_chars_per_s"] = batch * length / seconds
+    first = median_time(lambda: time_to_first_char(ckpt), args.repeats, warmup=1)
+    imports = median_time(import_time, args.repeats, warmup=1)
+    results["generate_first_char_s"] = first
+    results["import_torch_hydra_s"] = imports
+    results["first_char_over_import"] = first / imports
+    return results
