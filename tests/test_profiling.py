@@ -40,3 +40,12 @@ def test_device_busy_time_is_the_union_of_kernel_spans():
     events = [event(0, 10), event(5, 12), event(20, 25), event(21, 22),  # overlaps count once
               event(0, 100, name="[pl][module]model"), event(30, 90, device=DeviceType.CPU)]
     assert _busy_us(events) == 12 + 5
+
+
+def test_only_uploads_from_pageable_memory_count_as_pageable_copies():
+    from charrnn.profiling import is_pageable_upload
+
+    assert is_pageable_upload("Memcpy HtoD (Pageable -> Device)")
+    assert not is_pageable_upload("Memcpy HtoD (Pinned -> Device)")
+    assert not is_pageable_upload("Memcpy DtoH (Device -> Pageable)")  # a grouped read
+    assert not is_pageable_upload("aten::copy_")

@@ -35,7 +35,8 @@ cudnn:  nn.RNN's forward + backward (cuDNN on a GPU) with one-hot input or an em
         fp32, bf16 and fp16: which cases reach cuDNN's persistent RNN kernel, and at what speed.
 profile: torch.profiler over 20 training steps of train.py's path at the default size, after 20
         of warm-up: the costliest operations, milliseconds per step, synchronising calls and
-        copies from pageable memory per step, and how busy the GPU was (charrnn.profiling).
+        host-to-device copies from pageable memory per step, and how busy the GPU was
+        (charrnn.profiling).
 corpus: encoding time and peak memory of the memory-mapped corpus cache at growing sizes
         (not in the default set: it writes a few hundred MB to a temporary folder).
 
