@@ -54,18 +54,15 @@ from pathlib import Path
 
 import torch
 
-from charrnn.bench import corpus, loops
-from charrnn.bench.corpus import bench_corpus
-from charrnn.bench.generation import bench_generate
-from charrnn.bench.kernels import bench_cudnn, bench_kernel
-from charrnn.bench.loops import bench_overhead, bench_profile, bench_train
+from charrnn.bench import corpus, generation, kernels, loops
 from charrnn.bench.measure import ROOT, resolve_device
 
 __all__ = ["DEFAULT_GROUPS", "GROUPS", "ROOT", "main", "resolve_device"]
 
-GROUPS = {"train": bench_train, "kernel": bench_kernel, "generate": bench_generate,
-          "corpus": bench_corpus, "overhead": bench_overhead, "cudnn": bench_cudnn,
-          "profile": bench_profile}
+GROUPS = {"train": loops.bench_train, "kernel": kernels.bench_kernel,
+          "generate": generation.bench_generate, "corpus": corpus.bench_corpus,
+          "overhead": loops.bench_overhead, "cudnn": kernels.bench_cudnn,
+          "profile": loops.bench_profile}
 DEFAULT_GROUPS = ("train", "kernel", "generate")
 # One configuration each, run by measure.run_worker in a process of its own.
 WORKERS = {**loops.WORKERS, **corpus.WORKERS}
