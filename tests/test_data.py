@@ -99,9 +99,15 @@ def test_batched_eval_windows_match_window_by_window_slicing(streams):
     assert torch.equal(batch_y, torch.stack([windows[i][1] for i in range(len(windows))]))
 
 
+def alphabet_corpus(tmp_path: Path) -> Path:
+    """tmp_path/c.txt: 3000 characters, the alphabet over and over."""
+    path = tmp_path / "c.txt"
+    path.write_text("".join(chr(97 + i % 26) for i in range(3000)))
+    return path
+
+
 def test_train_loader_batches_are_the_sampled_windows(tmp_path: Path):
-    (tmp_path / "c.txt").write_text("".join(chr(97 + i % 26) for i in range(3000)))
-    dm = CharDataModule(path=str(tmp_path / "c.txt"), seq_length=10, batch_size=8)
+    dm = CharDataModule(path=str(alphabet_corpus(tmp_path)), seq_length=10, batch_size=8)
     dm.setup()
     loader = dm.train_dataloader()
     starts = list(loader.sampler)[:8]
@@ -113,8 +119,7 @@ def test_train_loader_batches_are_the_sampled_windows(tmp_path: Path):
 
 
 def test_batches_are_pinned_when_they_go_to_a_gpu_only(tmp_path: Path):
-    (tmp_path / "c.txt").write_text("".join(chr(97 + i % 26) for i in range(3000)))
-    dm = CharDataModule(path=str(tmp_path / "c.txt"), seq_length=10, batch_size=8)
+    dm = CharDataModule(path=str(alphabet_corpus(tmp_path)), seq_length=10, batch_size=8)
     dm.setup()
     loaders = (dm.train_dataloader, dm.val_dataloader, dm.test_dataloader)
     assert not any(loader().pin_memory for loader in loaders)  # no trainer: generate.py
@@ -128,8 +133,7 @@ def test_batches_are_pinned_when_they_go_to_a_gpu_only(tmp_path: Path):
 def test_every_batch_is_contiguous(tmp_path: Path, options: dict):
     """A non-contiguous batch reaches a GPU through a pageable copy, which waits for all queued
     GPU work: the host could not prepare the next step while the GPU runs this one."""
-    (tmp_path / "c.txt").write_text("".join(chr(97 + i % 26) for i in range(3000)))
-    dm = CharDataModule(path=str(tmp_path / "c.txt"), seq_length=10, batch_size=8,
+    dm = CharDataModule(path=str(alphabet_corpus(tmp_path)), seq_length=10, batch_size=8,
                         cache_dir=str(tmp_path / "cache"), **options)
     dm.setup()
     for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):

@@ -55,10 +55,11 @@ class WatchSteps(L.Callback):
         self.steps += 1
 
 
-def run_watched(cfg) -> WatchSteps:
+def run_watched(cfg, watch: WatchSteps | None = None) -> WatchSteps:
+    """train.py's fit with `watch` around every step (by default a WatchSteps)."""
     dm, module, resume = prepare(cfg)
     callbacks = build_callbacks(cfg, dm)
-    watch = WatchSteps()
+    watch = watch or WatchSteps()
     callbacks.others.insert(0, watch)  # its batch start runs first ...
     trainer = build_trainer(cfg, callbacks)
     # ... and its batch end last: after every other callback's
@@ -90,14 +91,8 @@ def test_on_a_gpu_no_step_synchronizes(tiny_cfg, precision):
     cfg = tiny_cfg("trainer.accelerator=gpu", "gradients.check_every_n_steps=1000",
                    "vanishing.every_n_steps=0", "trainer.max_epochs=1",
                    f"trainer.precision={precision}")
-    dm, module, resume = prepare(cfg)
-    callbacks = build_callbacks(cfg, dm)
-    watch = SyncError()
-    callbacks.others.insert(0, watch)
-    trainer = build_trainer(cfg, callbacks)
-    trainer.callbacks.append(trainer.callbacks.pop(trainer.callbacks.index(watch)))
     try:
-        fit(trainer, module, dm, resume, callbacks)
+        watch = run_watched(cfg, SyncError())
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert watch.steps > 0
