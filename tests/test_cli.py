@@ -95,6 +95,9 @@ def test_ctrl_c_says_what_is_kept_and_exits_130(corpus, tmp_path):
         [sys.executable, str(ROOT / "train.py"), f"data.path={corpus}", *TINY,
          "trainer.max_epochs=100000", "early_stopping.patience=100000", f"hydra.run.dir={run}"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # A shell starts background jobs with SIGINT ignored, and a child inherits that: a
+        # suite run as `pytest &` would send Ctrl-C to a train.py that cannot hear it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while not (run / "checkpoints" / "last.ckpt").is_file() and time.monotonic() < deadline:
