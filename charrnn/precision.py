@@ -1,4 +1,5 @@
-"""Choosing the numeric precision of training: fp32 (the seed's recipe) or bf16 autocast."""
+"""Choosing the numeric precision of training: fp32 (the seed's recipe) or bf16 autocast, and
+whether a GPU's fp32 matrix products may use TensorFloat-32."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
+
+from charrnn.errors import CharRNNError
 
 CPUINFO = Path("/proc/cpuinfo")
 
@@ -62,3 +65,23 @@ def precision_arguments(precision: str | int, accelerator: str) -> dict:
         return {"precision": precision}
     device = "cuda" if on_gpu(accelerator) else "cpu"
     return {"precision": None, "plugins": [CachedBF16Autocast(device)]}
+
+
+def set_tf32(tf32: bool | None) -> None:
+    """`tf32`: whether fp32 matrix products on a GPU may use TensorFloat-32 tensor cores
+    (Ampere and later; inputs rounded to 10 bits of mantissa, products summed in fp32).
+
+    null restores torch's defaults, which differ by library: cuDNN (the recurrence of nn.RNN,
+    LSTM, GRU) in TF32, cuBLAS (the output layer, the Transformer) in full fp32. true and false
+    set both. Process-wide, so every run of a sweep sets it. Through torch's first switches
+    (`cuda.matmul.allow_tf32`, `cudnn.allow_tf32`), which touch neither CPU library: Lightning
+    and `cudnn.flags` read those, and reading them raises once torch's newer per-operator
+    switches disagree with each other.
+    """
+    if tf32 not in (None, True, False):
+        raise CharRNNError(
+            f"tf32 must be true, false or null (torch's defaults), got {tf32!r}. Set it on the "
+            "command line (tf32=true) or in conf/train/train.yaml."
+        )
+    torch.backends.cuda.matmul.allow_tf32 = tf32 is True
+    torch.backends.cudnn.allow_tf32 = tf32 is not False

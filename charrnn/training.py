@@ -33,7 +33,7 @@ from charrnn.diagnostics import GradientMonitor, VanishingMonitor
 from charrnn.errors import CharRNNError
 from charrnn.model import model_settings
 from charrnn.module import CharRNNModule
-from charrnn.precision import precision_arguments
+from charrnn.precision import precision_arguments, set_tf32
 
 # Noise that tells a user nothing actionable: the corpus is an in-memory tensor (workers would
 # only add start-up cost), a deprecation inside Lightning, and an advertisement.
@@ -72,7 +72,7 @@ def _check_resumable(ckpt: dict[str, Any], path: Path, dm: CharDataModule, model
 
 def hparams_for_tensorboard(cfg: DictConfig) -> dict[str, Any]:
     """The settings a sweep varies, flattened to scalars for TensorBoard's HParams dashboard."""
-    flat: dict[str, Any] = {"seed": cfg.seed}
+    flat: dict[str, Any] = {"seed": cfg.seed, "tf32": cfg.tf32}
     for section in ("data", "model", "module", "early_stopping"):
         for key, value in OmegaConf.to_container(cfg[section], resolve=True).items():
             if key not in ("path", "cache_dir"):
@@ -286,6 +286,7 @@ def train(cfg: DictConfig, first_callbacks: tuple[Callback, ...] = ()) -> dict[s
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
+    set_tf32(cfg.tf32)
     dm, module, resume = prepare(cfg)
     callbacks = build_callbacks(cfg, dm)
     callbacks.others[:0] = first_callbacks

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from charrnn.bench import main as bench
+from charrnn.errors import CharRNNError
 from charrnn.precision import resolve_precision
 from charrnn.report import read_scalars
 from charrnn.rnn import CharRNN
@@ -45,6 +46,42 @@ def test_auto_precision(monkeypatch, tmp_path, flags, gpu, accelerator, expected
     assert resolve_precision("bf16-mixed", accelerator) == "bf16-mixed"
     plugins = precision.precision_arguments("auto", accelerator).get("plugins", [])
     assert [p.device for p in plugins] == (["cpu"] if expected == "bf16-mixed" else [])
+
+
+@pytest.fixture
+def torch_tf32_defaults():
+    """Restores torch's TF32 switches (process-wide) after the test."""
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = True
+
+
+@pytest.mark.usefixtures("torch_tf32_defaults")
+def test_tf32_sets_both_libraries_and_null_restores_torch_defaults(tiny_cfg, tmp_path):
+    """Each run sets the switches, so a sweep's job never inherits the job before it."""
+    train(tiny_cfg("trainer.max_epochs=1", "tf32=false", "test=false", run="off"))
+    assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32) == (
+        "highest", False)
+    assert "tf32: false" in (tmp_path / "off" / "config.yaml").read_text()
+    train(tiny_cfg("trainer.max_epochs=1", "tf32=true", "test=false", run="on"))
+    assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32) == (
+        "high", True)
+    train(tiny_cfg("trainer.max_epochs=1", "test=false", run="default"))
+    assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32) == (
+        "highest", True)
+    # torch's per-operator view agrees, the CPU's library is left alone, and cudnn.flags (the
+    # gradient-distance diagnostic) can still read the switches
+    assert torch.backends.cudnn.rnn.fp32_precision == "tf32"
+    assert torch.backends.mkldnn.matmul.fp32_precision == "none"
+    with torch.backends.cudnn.flags(enabled=False):
+        pass
+
+
+@pytest.mark.usefixtures("torch_tf32_defaults")
+def test_tf32_refuses_other_values_before_writing_anything(tiny_cfg, tmp_path):
+    with pytest.raises(CharRNNError, match=r"tf32 must be true, false or null .* got 'yes'"):
+        train(tiny_cfg("tf32=yes"))
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow
