@@ -12,9 +12,10 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 
-from charrnn.data import IGNORE_INDEX
+from charrnn.gradients import GradientMonitor
 from charrnn.sampling import check_sampling_args, sample_text
 from charrnn.vocab import CharVocab
+from charrnn.windows import IGNORE_INDEX
 
 
 def _duration(seconds: float) -> str:
@@ -162,8 +163,6 @@ class ProgressLines(ProgressBar):
         return f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
 
     def on_train_start(self, trainer, pl_module) -> None:
-        from charrnn.diagnostics import GradientMonitor
-
         self._losses = next((c for c in trainer.callbacks if isinstance(c, GradientMonitor)),
                             None)
 

@@ -8,9 +8,9 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from charrnn.data import IGNORE_INDEX
 from charrnn.errors import CharRNNError
 from charrnn.model import State, build_model, detach_state
+from charrnn.windows import IGNORE_INDEX
 
 STAGES = ("train", "val", "test")
 # Adam's fused implementation (one kernel for all parameters) on a GPU: under 16-mixed it takes

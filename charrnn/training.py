@@ -29,8 +29,9 @@ from charrnn.checkpoints import (
     resolve_checkpoint,
 )
 from charrnn.data import CharDataModule
-from charrnn.diagnostics import GradientMonitor, VanishingMonitor
+from charrnn.diagnostics import VanishingMonitor
 from charrnn.errors import CharRNNError
+from charrnn.gradients import GradientMonitor
 from charrnn.model import model_settings
 from charrnn.module import CharRNNModule
 from charrnn.precision import precision_arguments, set_tf32

@@ -17,7 +17,7 @@ from charrnn.training import build_callbacks, build_trainer, fit, prepare
 
 READS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy"}
 ALLOWED = (  # (file, function) of a frame on the way to the read
-    ("diagnostics.py", "_check"),  # GradientMonitor's grouped read
+    ("gradients.py", "_check"),  # GradientMonitor's grouped read
     ("diagnostics.py", "on_train_batch_end"),  # VanishingMonitor, every vanishing.every_n_steps
 )
 HOST_TENSORS = "torch/optim/"  # Adam's step counters live on the host, even on a GPU

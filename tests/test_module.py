@@ -2,8 +2,8 @@ import math
 
 import torch
 
-from charrnn.data import IGNORE_INDEX
 from charrnn.module import CharRNNModule
+from charrnn.windows import IGNORE_INDEX
 
 
 class FixedLogits(torch.nn.Module):
