@@ -10,6 +10,7 @@ The checks run one after another, each in a process of its own, most important f
     gpu_tests    pytest -m gpu: every test that needs a GPU (no training step waits for it,
                  bf16's recurrence runs in fp32, the gradient distance matches the CPU's)
     profile      bench --only profile: torch.profiler over 20 steps of train.py's path
+    tf32         3 epochs each with tf32=false, null (torch's defaults) and true
     cudnn        bench --only cudnn: which settings reach cuDNN's persistent RNN kernel
     overhead     bench --only overhead: the fixed cost of a step
     batch_size   data.batch_size 64..512 x module.lr 1e-3..4e-3, 5 epochs each
@@ -45,12 +46,12 @@ from charrnn.data import download_tinyshakespeare
 from charrnn.errors import CharRNNError
 
 JSON_FILE, LOG_FILE = "gpu_checks.json", "gpu_checks.log"
-NAMES = ("train", "gpu_tests", "profile", "cudnn", "overhead", "batch_size", "persistent",
-         "recipe")
+NAMES = ("train", "gpu_tests", "profile", "tf32", "cudnn", "overhead", "batch_size",
+         "persistent", "recipe")
 BATCH_SIZES, LEARNING_RATES = (64, 128, 256, 512), (1e-3, 2e-3, 4e-3)
 # The settings that meet cuDNN's conditions for its persistent RNN kernel (docs/performance.md).
 PERSISTENT = ("trainer.precision=16-mixed", "model.input=embedding", "model.embedding_dim=128")
-SWEPT = ("data.batch_size", "module.lr", "trainer.precision", "model.input")  # runs' names
+SWEPT = ("data.batch_size", "module.lr", "trainer.precision", "model.input", "tf32")  # run names
 HEADLINES = ("ratio_b_over_a", "ratio_c_over_a", "step_overhead_ms",  # printed when measured
              "profile_device_busy_fraction", "profile_pageable_copies_per_step")
 MIN_START_S = 20  # a check is not started with less than this left
@@ -170,6 +171,8 @@ def checks(plan: Plan) -> list[tuple[str, list[str], Reader]]:
         ("gpu_tests", [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
                        "-m", "gpu"], pytest_summary),
         ("profile", plan.bench("profile"), bench_results("profile")),
+        ("tf32", plan.train("tf32=false,null,true", "trainer.max_epochs=3", "test=false",
+                            f"{sweep}/tf32", multirun=True), run_metrics("tf32")),
         ("cudnn", plan.bench("cudnn"), bench_results("cudnn")),
         ("overhead", plan.bench("overhead", "--rounds", "3", "--repeats", "4"),
          bench_results("overhead")),

@@ -25,8 +25,8 @@ from charrnn.gpu_checks import (
     run_check,
 )
 
-CHECKS = ("train", "gpu_tests", "profile", "cudnn", "overhead", "batch_size", "persistent",
-          "recipe")
+CHECKS = ("train", "gpu_tests", "profile", "tf32", "cudnn", "overhead", "batch_size",
+          "persistent", "recipe")
 
 
 def test_the_checks_come_most_important_first(tmp_path):
@@ -124,6 +124,7 @@ def test_every_check_runs_tiny_on_the_cpu(corpus, tmp_path):
     assert results["overhead"]["step_overhead_pairs"] >= 1
     assert results["profile"]["profile_ms_per_step"] > 0
     assert results["profile"]["profile_syncs_per_step"] == 0
+    assert set(results["tf32"]) == {"tf32=False", "tf32=null", "tf32=True"}  # as Hydra names them
     assert len(results["batch_size"]) == 2 * 3  # two tiny batch sizes x three rates
     assert list(results["persistent"]) == ["trainer.precision=16-mixed model.input=embedding"]
     assert set(results["recipe"]) == {"trainer.precision=32-true",
