@@ -197,10 +197,10 @@ def test_documented_benchmark_groups_and_checks_exist():
     named = []
     for doc in DOCS:
         text = doc.read_text(encoding="utf-8")
-        for tool, names in re.findall(r"charrnn\.(bench|gpu_checks)((?:\s+--only\s+[a-z_|]+)+)",
+        for tool, names in re.findall(r"charrnn\.(bench|gpu_checks)((?:\s+--only\s+[a-z0-9_|]+)+)",
                                       text):
-            named += [(doc.name, tool, n) for n in re.findall(r"[a-z_]+", names) if n != "only"]
-        for group in re.findall(r"`--only ([a-z_]+(?:\|[a-z_]+)+)`", text):
+            named += [(doc.name, tool, n) for n in re.findall(r"[a-z0-9_]+", names) if n != "only"]
+        for group in re.findall(r"`--only ([a-z0-9_]+(?:\|[a-z0-9_]+)+)`", text):
             named += [(doc.name, "bench", n) for n in group.split("|")]
     assert any(tool == "gpu_checks" for _, tool, _ in named)
     assert [(d, t, n) for d, t, n in named if n not in known[t]] == []
