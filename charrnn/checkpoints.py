@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from charrnn.errors import CharRNNError
 
@@ -106,6 +106,20 @@ def register_resolvers() -> None:
         lambda n_jobs: max(1, len(os.sched_getaffinity(0)) // max(1, int(n_jobs))),
         replace=True,
     )
+
+
+def train_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """conf/train/train.yaml composed with `overrides`, outside train.py (inside a running Hydra
+    app, with its compose)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_resolvers()
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name="train", overrides=list(overrides))
+    conf = Path(__file__).resolve().parents[1] / "conf" / "train"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
 
 
 def record_failure(run_dir: Path, err: Exception, keep: bool = False) -> None:

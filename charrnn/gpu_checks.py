@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 
 from charrnn.bench import ROOT, resolve_device
+from charrnn.checkpoints import train_config
 from charrnn.data import download_tinyshakespeare
 from charrnn.errors import CharRNNError
 
@@ -87,13 +88,7 @@ class Plan:
 
 def default_cache_dir() -> str:
     """Where train.py keeps the downloaded corpus: data.cache_dir of conf/train/."""
-    from hydra import compose, initialize_config_dir
-
-    from charrnn.checkpoints import register_resolvers
-
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(ROOT / "conf" / "train"), version_base="1.3"):
-        return compose("train").data.cache_dir
+    return train_config().data.cache_dir
 
 
 def run_check(command: list[str], timeout: float) -> tuple[str, str]:

@@ -14,8 +14,9 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
+from charrnn.checkpoints import train_config
 from charrnn.search import INTERRUPTED, STUDY_FILE, open_storage, storage_url
 
 # Settings of a trial's own budget, not of the model it found: left at their defaults in the
@@ -93,25 +94,10 @@ def _leaves(node: Any, prefix: str) -> dict[str, Any]:
     return {prefix: node}
 
 
-def default_config() -> DictConfig:
-    """conf/train/train.yaml with no overrides (inside a running Hydra app, its own compose)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from charrnn.checkpoints import register_resolvers
-
-    register_resolvers()
-    if GlobalHydra.instance().is_initialized():
-        return compose(config_name="train")
-    conf = Path(__file__).resolve().parents[1] / "conf" / "train"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        return compose(config_name="train")
-
-
 def best_command(job_dir: Path) -> str:
     """`python train.py ...` with every setting of the trial's config.yaml that differs from
     the defaults (those that follow another key, like data.contiguous_batches, left out)."""
-    default = default_config()
+    default = train_config()
     trial = OmegaConf.load(job_dir / "config.yaml")
     overrides = []
     for section in SECTIONS:

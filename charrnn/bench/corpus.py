@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from charrnn.bench.measure import ROOT, bench_corpus_text, peak_rss_mb, quiet, run_worker
+from charrnn.bench.measure import bench_corpus_text, peak_rss_mb, quiet, run_worker
 
 
 def corpus_encode(corpus: Path, cache_dir: Path) -> dict[str, float]:
@@ -23,20 +23,16 @@ def corpus_encode(corpus: Path, cache_dir: Path) -> dict[str, float]:
 
 def corpus_train(corpus: Path, cache_dir: Path, hidden_size: int, steps: int) -> dict[str, float]:
     """A few training steps (and a little validation and test) from the cached corpus."""
-    from hydra import compose, initialize_config_dir
-
-    from charrnn.checkpoints import register_resolvers
+    from charrnn.checkpoints import train_config
     from charrnn.training import train
 
-    register_resolvers()
     with tempfile.TemporaryDirectory() as run_dir:
-        with initialize_config_dir(config_dir=str(ROOT / "conf" / "train"), version_base="1.3"):
-            cfg = compose("train", overrides=[
-                f"data.path={corpus}", f"data.cache_dir={cache_dir}", "data.memmap=true",
-                f"run_dir={run_dir}", f"model.hidden_size={hidden_size}", "trainer.max_epochs=1",
-                f"trainer.limit_train_batches={steps}", "trainer.limit_val_batches=2",
-                "trainer.limit_test_batches=2", "vanishing.every_n_steps=0",
-            ])
+        cfg = train_config([
+            f"data.path={corpus}", f"data.cache_dir={cache_dir}", "data.memmap=true",
+            f"run_dir={run_dir}", f"model.hidden_size={hidden_size}", "trainer.max_epochs=1",
+            f"trainer.limit_train_batches={steps}", "trainer.limit_val_batches=2",
+            "trainer.limit_test_batches=2", "vanishing.every_n_steps=0",
+        ])
         start = time.perf_counter()
         with quiet():
             train(cfg)

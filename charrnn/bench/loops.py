@@ -17,7 +17,6 @@ from lightning.pytorch.callbacks import Callback
 
 from charrnn.bench.measure import (
     BATCH,
-    ROOT,
     SEQ_LENGTH,
     bench_corpus_text,
     median_time,
@@ -26,6 +25,7 @@ from charrnn.bench.measure import (
     run_worker,
     synchronize,
 )
+from charrnn.checkpoints import train_config
 from charrnn.model import CharRNN
 from charrnn.module import FUSED_ADAM_DEVICES
 
@@ -108,17 +108,11 @@ class PlainBlocks(Callback):
 
 def _train_config(corpus: Path, run_dir: str, hidden_size: int, steps: int, repeats: int,
                   overrides: list[str], device: str):
-    from hydra import compose, initialize_config_dir
-
-    from charrnn.checkpoints import register_resolvers
-
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(ROOT / "conf" / "train"), version_base="1.3"):
-        return compose("train", overrides=[
-            f"data.path={corpus}", f"run_dir={run_dir}", f"model.hidden_size={hidden_size}",
-            f"trainer.max_epochs={repeats + 1}", f"trainer.limit_train_batches={steps}",
-            "early_stopping.patience=1000", f"trainer.accelerator={device}", *overrides,
-        ])
+    return train_config([
+        f"data.path={corpus}", f"run_dir={run_dir}", f"model.hidden_size={hidden_size}",
+        f"trainer.max_epochs={repeats + 1}", f"trainer.limit_train_batches={steps}",
+        "early_stopping.patience=1000", f"trainer.accelerator={device}", *overrides,
+    ])
 
 
 def lightning_path(corpus: Path, hidden_size: int, steps: int, repeats: int,
