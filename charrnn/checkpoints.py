@@ -1,5 +1,6 @@
-"""The run folder: its layout, finding and safely loading checkpoints, recording a failure (no
-Lightning import: generate.py starts fast)."""
+"""The run folder: its layout, finding and safely loading checkpoints, recording a failure; the
+resolvers conf/ uses, and train.yaml composed outside train.py (no Lightning import: generate.py
+starts fast)."""
 
 from __future__ import annotations
 
