@@ -57,5 +57,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = prepare_overrides(sys.argv[1:], text_keys=("samples.prompt",))
+    sys.argv[1:] = prepare_overrides(sys.argv[1:], text_keys=("samples.prompt",),
+                                     conf_dir=Path(__file__).parent / "conf/train")
     main()

@@ -3,6 +3,7 @@ finding runs (no Lightning import: generate.py starts fast)."""
 
 from __future__ import annotations
 
+import difflib
 import re
 import sys
 import traceback
@@ -28,17 +29,21 @@ def hydra_quote(text: str) -> str:
     return f"'{text}'"
 
 
-def prepare_overrides(args: list[str], text_keys: tuple[str, ...]) -> list[str]:
+def prepare_overrides(args: list[str], text_keys: tuple[str, ...],
+                      conf_dir: Path | None = None) -> list[str]:
     """The command-line arguments for Hydra, with text values quoted, every override checked.
 
     A prompt is text, in any script: an unquoted value of a key in `text_keys` is quoted for
     Hydra (whose grammar has no room for, say, Cyrillic or a comma in an unquoted value).
-    Any other override Hydra cannot parse ends here with the quoted form to use, exit 2.
+    Any other override Hydra cannot parse ends here with the quoted form to use, exit 2; so
+    does, given the script's `conf_dir`, a key no config there has or a group option it lacks
+    (Hydra's own answer to a misspelt key suggests adding it with `+`).
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
     prepared, parser = [], OverridesParser.create()
+    known = ConfigKeys(conf_dir) if conf_dir is not None else None
     for arg in args:
         match = OVERRIDE.fullmatch(arg)
         if arg.startswith("-") or match is None:
@@ -56,8 +61,74 @@ def prepare_overrides(args: list[str], text_keys: tuple[str, ...]) -> list[str]:
                 f"inside quotes for the shell: '{match['prefix']}{match['key']}="
                 f"\"{value}\"' (see https://hydra.cc/docs/advanced/override_grammar/basic/)."
             ))
+        if known is not None:
+            try:
+                known.check(parser.parse_override(arg))
+            except CharRNNError as err:
+                fail(err)
         prepared.append(arg)
     return prepared
+
+
+class ConfigKeys:
+    """Every key and group option the YAML files of a script's config folder can set."""
+
+    def __init__(self, conf_dir: Path) -> None:
+        from omegaconf import OmegaConf
+
+        self.shown = Path(conf_dir.parent.name, conf_dir.name)  # conf/train, as in the docs
+        self.groups = {d.name: sorted(f.stem for f in d.glob("*.yaml"))
+                       for d in conf_dir.iterdir() if d.is_dir()}
+        self.keys: set[str] = set()
+        for path in sorted(conf_dir.rglob("*.yaml")):
+            group = path.parent.relative_to(conf_dir).as_posix()
+            header = path.read_text(encoding="utf-8").partition("\n")[0]
+            package = "" if group == "." or "@package _global_" in header else group
+            config = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+            self._add(config, package.replace("/", "."))
+
+    def _add(self, config: dict, prefix: str) -> None:
+        for key, value in config.items():
+            if not prefix and key in ("defaults", "hydra"):
+                continue  # Hydra's own
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            self.keys.add(dotted)
+            if isinstance(value, dict):
+                self._add(value, dotted)
+
+    def check(self, override) -> None:
+        """Raise a CharRNNError for a key or group option the configs lack."""
+        from hydra.core.override_parser.types import OverrideType
+
+        key = override.key_or_group
+        if key.startswith("hydra") or override.package is not None:
+            return  # Hydra's settings and groups: Hydra checks them
+        if key in self.groups:
+            options = self.groups[key]
+            for value in override.sweep_string_iterator() if override.is_sweep_override() else (
+                    [override.get_value_element_as_str()]):
+                if value not in (*options, "null"):
+                    raise CharRNNError(
+                        f"unknown {key}={value}: the options of {key} are "
+                        f"{', '.join(options)} (the files in {self.shown / key})."
+                    )
+            return
+        if override.type in (OverrideType.ADD, OverrideType.FORCE_ADD) or key in self.keys:
+            return  # `+key=...` adds a key on purpose
+        raise CharRNNError(f"unknown config key {key!r}: {self._hint(key)}")
+
+    def _hint(self, key: str) -> str:
+        section, _, last = key.rpartition(".")
+        siblings = sorted(k.rpartition(".")[2] for k in self.keys
+                          if k.rpartition(".")[0] == section)
+        near = [f"{section}.{k}" if section else k
+                for k in difflib.get_close_matches(last, siblings, n=2)]
+        near += [k for k in sorted(self.keys) if k.rpartition(".")[2] == last and k not in near]
+        where, every = f"no file in {self.shown} sets it", "every key: docs/configuration.md"
+        if near:
+            return f"{where}. Did you mean {' or '.join(near[:3])}? ({every.capitalize()}.)"
+        inside = f"the keys of {section} are" if section else "the top-level keys are"
+        return f"{where}; {inside} {', '.join(siblings)} ({every})."
 
 
 def multirun() -> bool:

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -42,6 +43,38 @@ def test_an_override_hydra_cannot_read_is_a_clear_error(capsys):
     err = capsys.readouterr().err
     assert "error: the override 'data.path=Привет.txt' cannot be read" in err
     assert "'data.path=\"Привет.txt\"'" in err
+
+
+@pytest.mark.parametrize("conf, arg, says", [
+    (CONF, "model.hidden_sise=256", "unknown config key 'model.hidden_sise': no file in "
+                                    "conf/train sets it. Did you mean model.hidden_size?"),
+    (CONF, "lr=0.01", "Did you mean module.lr?"),
+    (CONF, "model.foo=1", "the keys of model are cell, context_length, dropout"),
+    (CONF, "model=lstm", "unknown model=lstm: the options of model are rnn (the files in "
+                         "conf/train/model)"),
+    (CONF, "experiment=cells,hidden", "unknown experiment=hidden"),
+    (GENERATE_CONF, "tempreature=0.5", "Did you mean temperature?"),
+])
+def test_a_key_or_option_no_config_has_is_named_with_the_nearest(conf, arg, says, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        prepare_overrides([arg], text_keys=("prompt",), conf_dir=Path(conf))
+    assert exit_.value.code == 2
+    assert says in capsys.readouterr().err
+
+
+def test_keys_of_any_config_file_additions_and_hydras_own_pass():
+    args = ["-m", "experiment=cells,hidden_size", "cells.hidden_size.rnn=7", "+model.extra=1",
+            "~samples.seed", "hydra.sweeper.params.model.cell=rnn", "launcher=parallel",
+            "hydra/launcher=basic", "module.lr=tag(log, interval(1e-4, 1e-2))", "tf32=null"]
+    assert prepare_overrides(args, text_keys=(), conf_dir=Path(CONF)) == args
+
+
+def test_train_py_refuses_a_misspelt_key_before_making_a_run_folder(tmp_path):
+    result = run_script("train.py", "trainer.max_epoch=3", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Did you mean trainer.max_epochs?" in result.stderr
+    assert "+trainer" not in result.stderr  # Hydra's own answer: add the key
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_each_entry_point_offers_only_its_own_studies():

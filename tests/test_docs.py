@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -71,7 +72,7 @@ def compose_command(command: str):
     assert tokens[:1] == ["python"] and tokens[1] in SCRIPTS, command
     config_dir, name, text_keys = SCRIPTS[tokens[1]]
     args = [t for t in tokens[2:] if not t.startswith(("-", "[")) and t != "..."]
-    overrides = [_one_value(o) for o in prepare_overrides(args, text_keys)]
+    overrides = [_one_value(o) for o in prepare_overrides(args, text_keys, Path(config_dir))]
     register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
