@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from charrnn.cache import MappedGather, cached_corpus_array
-from charrnn.errors import CharRNNError, check_positive_int
+from charrnn.errors import CharRNNError, check_int
 from charrnn.vocab import CharVocab, read_text
 from charrnn.windows import EvalWindows, TrainWindows, WindowSampler, whole_batch
 
@@ -110,7 +110,7 @@ class CharDataModule(L.LightningDataModule):
             ("data.batch_size", batch_size),
             ("data.eval_batch_size", eval_batch_size),
         ):
-            check_positive_int(name, value, "conf/train/data/")
+            check_int(name, value, "conf/train/data/")
         fractions = (("data.val_fraction", val_fraction), ("data.test_fraction", test_fraction))
         for name, value in fractions:
             if not 0 < value < 1:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
-from charrnn.errors import check_positive_int
+from charrnn.errors import check_int
 from charrnn.model import CharModel, CharRNN
 
 DISTANCES = (1, 10, 25, 50, 99)  # k logged as scalars (those below seq_length)
@@ -130,8 +130,8 @@ class VanishingMonitor(Callback):
                  image_every_n_steps: int = 1000) -> None:
         for key, value in (("vanishing.every_n_steps", every_n_steps),
                            ("vanishing.image_every_n_steps", image_every_n_steps)):
-            if value != 0:  # 0: off
-                check_positive_int(key, value, "conf/train/train.yaml (0 turns it off)")
+            check_int(key, value, "conf/train/train.yaml", minimum=0, note=" (0 turns it off)")
+        check_int("vanishing.batch_size", batch_size, "conf/train/train.yaml")
         self.every_n_steps = every_n_steps
         self.batch_size = batch_size
         self.image_every_n_steps = image_every_n_steps

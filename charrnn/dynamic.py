@@ -12,25 +12,19 @@ apart from it.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from charrnn.errors import CharRNNError, check_positive_int
+from charrnn.errors import check_int, check_number
 from charrnn.model import CharModel, detach_state
 
 
 def check_dynamic_args(lr: float, segment: int) -> None:
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (
-        lr >= 0 and math.isfinite(lr)
-    ):
-        raise CharRNNError(
-            f"dynamic.lr must be a number >= 0 (0 = static evaluation), got {lr!r}. "
-            "E.g. `dynamic.lr=3e-4` (conf/generate/generate.yaml)."
-        )
-    check_positive_int("dynamic.segment", segment, "conf/generate/generate.yaml")
+    check_number("dynamic.lr", lr, "conf/generate/generate.yaml", at_least=0,
+                 note=" (0 = static evaluation)")
+    check_int("dynamic.segment", segment, "conf/generate/generate.yaml")
 
 
 def dynamic_loss_sum(

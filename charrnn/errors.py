@@ -1,4 +1,7 @@
-"""The one exception type for mistakes a user can fix (bad config, bad files)."""
+"""The one exception type for mistakes a user can fix (bad config, bad files), and the checks of
+numeric settings that raise it."""
+
+import math
 
 
 class CharRNNError(Exception):
@@ -8,8 +11,31 @@ class CharRNNError(Exception):
     """
 
 
-def check_positive_int(key: str, value: object, where: str = "") -> None:
-    """Raise a CharRNNError unless `value` is an int > 0 (bools are not counts)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        hint = f" Set it on the command line (e.g. `{key}=...`) or in {where}." if where else ""
-        raise CharRNNError(f"{key} must be a positive integer, got {value!r}.{hint}")
+def _where(key: str, where: str) -> str:
+    return f" Set it on the command line (e.g. `{key}=...`) or in {where}." if where else ""
+
+
+def check_int(key: str, value: object, where: str = "", minimum: int = 1,
+              note: str = "") -> None:
+    """Raise a CharRNNError unless `value` is an int >= `minimum` (bools are not counts).
+
+    `where`: the config file or folder that sets `key`; `note`: what a special value means."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise CharRNNError(f"{key} must be {kind}{note}, got {value!r}.{_where(key, where)}")
+
+
+def check_number(key: str, value: object, where: str = "", *, above: float | None = None,
+                 at_least: float | None = None, below: float | None = None,
+                 note: str = "") -> None:
+    """Raise a CharRNNError unless `value` is a finite number in the range the bounds give."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    ok = ok and (above is None or value > above) and (at_least is None or value >= at_least)
+    ok = ok and (below is None or value < below)
+    if not ok:
+        low = f"> {above:g}" if above is not None else f">= {at_least:g}"
+        if below is not None:
+            low = f"in {'(' if above is not None else '['}{low.split()[1]}, {below:g})"
+        raise CharRNNError(
+            f"{key} must be a number {low}{note}, got {value!r}.{_where(key, where)}"
+        )

@@ -9,7 +9,9 @@ import math
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from charrnn.errors import CharRNNError
+from charrnn.errors import CharRNNError, check_int, check_number
+
+WHERE = "conf/train/train.yaml"  # gradients.*
 
 
 class TrainingDiverged(CharRNNError):
@@ -40,6 +42,8 @@ class GradientMonitor(Callback):
     """
 
     def __init__(self, max_loss_ratio: float = 3.0, check_every_n_steps: int = 20) -> None:
+        check_number("gradients.max_loss_ratio", max_loss_ratio, WHERE, above=0)
+        check_int("gradients.check_every_n_steps", check_every_n_steps, WHERE)
         self.max_loss_ratio = max_loss_ratio
         self.check_every_n_steps = check_every_n_steps
         self._norms: list[float] = []  # this epoch's, read

@@ -8,7 +8,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from charrnn.errors import CharRNNError
+from charrnn.errors import CharRNNError, check_int, check_number
 from charrnn.model import State, build_model, detach_state
 from charrnn.windows import IGNORE_INDEX
 
@@ -29,6 +29,10 @@ class CharRNNModule(L.LightningModule):
     def __init__(self, vocab: str, model: dict, lr: float = 1e-3, lr_schedule: str | None = None,
                  lr_factor: float = 0.5, lr_patience: int = 1, carry_state: bool = False) -> None:
         super().__init__()
+        where = "conf/train/train.yaml"
+        check_number("module.lr", lr, where, at_least=0, note=" (0 freezes the weights)")
+        check_number("module.lr_factor", lr_factor, where, above=0, below=1)
+        check_int("module.lr_patience", lr_patience, where, minimum=0)
         if lr_schedule not in (None, "plateau"):
             raise CharRNNError(
                 f"unknown module.lr_schedule {lr_schedule!r}: allowed values are null (constant "

@@ -14,15 +14,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from charrnn.errors import CharRNNError
+from charrnn.errors import check_number
 
 
 def check_rate(key: str, rate: float) -> None:
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
-        raise CharRNNError(
-            f"{key} must be a number in [0, 1) (0 = off), got {rate!r}. Set it on the command "
-            f"line (e.g. `{key}=0.2`) or in conf/train/model/."
-        )
+    check_number(key, rate, "conf/train/model/", at_least=0, below=1, note=" (0 = off)")
 
 
 def locked_dropout(x: torch.Tensor, rate: float, training: bool, time_dim: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from charrnn.errors import CharRNNError, check_positive_int
+from charrnn.errors import CharRNNError, check_int
 from charrnn.recurrence import layer_parameters, rnn_tanh
 from charrnn.regularization import (
     character_scale,
@@ -36,7 +36,7 @@ def check_input(input: str, embedding_dim: int | None) -> None:
             "(set model.input on the command line or in conf/train/model/)."
         )
     if input == "embedding" and embedding_dim is not None:
-        check_positive_int("model.embedding_dim", embedding_dim, "conf/train/model/")
+        check_int("model.embedding_dim", embedding_dim, "conf/train/model/")
 
 
 class CharRNN(nn.Module):
@@ -59,8 +59,8 @@ class CharRNN(nn.Module):
         embedding_dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        check_positive_int("model.hidden_size", hidden_size, "conf/train/model/")
-        check_positive_int("model.num_layers", num_layers, "conf/train/model/")
+        check_int("model.hidden_size", hidden_size, "conf/train/model/")
+        check_int("model.num_layers", num_layers, "conf/train/model/")
         if cell not in RECURRENT_CELLS:
             raise CharRNNError(
                 f"CharRNN builds the recurrent cells {', '.join(RECURRENT_CELLS)}, not {cell!r} "

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from charrnn.checkpoints import load_checkpoint
 from charrnn.dynamic import dynamic_loss_sum
-from charrnn.errors import CharRNNError, check_positive_int
+from charrnn.errors import CharRNNError, check_int
 from charrnn.model import CharModel, build_model
 from charrnn.vocab import CharVocab
 
@@ -41,8 +41,8 @@ def check_sampling_args(vocab: CharVocab, prompt: str, length: int, temperature:
             f"{prefix}temperature must be a number >= 0 (0 means greedy), got {temperature!r}. "
             f"E.g. `{prefix}temperature=0.8`."
         )
-    check_positive_int(f"{prefix}length", length)
-    check_positive_int(f"{prefix}num_samples", num_samples)
+    check_int(f"{prefix}length", length)
+    check_int(f"{prefix}num_samples", num_samples)
     if top_k is not None and (
         isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= len(vocab)
     ):

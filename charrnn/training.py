@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import signal
@@ -15,8 +14,6 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.profilers import PassThroughProfiler
 from omegaconf import DictConfig, OmegaConf
 
 from charrnn.callbacks import ProgressLines, SampleText, SpeedMonitor
@@ -30,11 +27,12 @@ from charrnn.checkpoints import (
 )
 from charrnn.data import CharDataModule
 from charrnn.diagnostics import VanishingMonitor
-from charrnn.errors import CharRNNError
+from charrnn.errors import CharRNNError, check_int, check_number
 from charrnn.gradients import GradientMonitor
 from charrnn.model import model_settings
 from charrnn.module import CharRNNModule
-from charrnn.precision import precision_arguments, set_tf32
+from charrnn.precision import set_tf32
+from charrnn.trainer import build_trainer
 
 # Noise that tells a user nothing actionable: the corpus is an in-memory tensor (workers would
 # only add start-up cost), a deprecation inside Lightning, and an advertisement.
@@ -140,6 +138,9 @@ def build_callbacks(cfg: DictConfig, dm: CharDataModule) -> RunCallbacks:
     ckpt_dir = Path(cfg.run_dir) / CHECKPOINT_DIR
     samples = SampleText(**cfg.samples)
     samples.check(dm.vocab)  # fails before training, not after the first epoch
+    where = "conf/train/train.yaml"
+    check_int("early_stopping.patience", cfg.early_stopping.patience, where, minimum=0)
+    check_number("early_stopping.min_delta", cfg.early_stopping.min_delta, where, at_least=0)
     # The progress display comes after GradientMonitor: it shows the losses that one has read.
     others = [samples, GradientMonitor(**cfg.gradients), VanishingMonitor(**cfg.vanishing),
               ProgressLines()]
@@ -165,43 +166,6 @@ def build_callbacks(cfg: DictConfig, dm: CharDataModule) -> RunCallbacks:
         speed=SpeedMonitor(),
         others=others,
     )
-
-
-PROFILERS = ("simple", "advanced", "pytorch")  # trainer.profiler: Lightning's, by name
-
-
-class NoProfiler(PassThroughProfiler):
-    """Lightning's default profiler (none) at less cost: the Trainer enters `profile(...)`
-    around every hook of every callback, ~140 times a training step, and Lightning's is a
-    generator-based context manager (~1 us each, ~0.1 ms a step)."""
-
-    _NOTHING = contextlib.nullcontext()
-
-    def profile(self, action_name: str) -> contextlib.nullcontext:
-        return self._NOTHING
-
-
-def build_trainer(cfg: DictConfig, callbacks: RunCallbacks) -> L.Trainer:
-    """The Trainer of conf/train/trainer/, logging to TensorBoard in the run folder."""
-    run_dir = Path(cfg.run_dir)
-    # name="" and version="": event files go straight into the run folder, and a resumed run
-    # appends to the same folder instead of starting version_1. max_queue: GradientMonitor
-    # writes its values in groups; with SummaryWriter's default of 10 queued events each write
-    # of a group waits for the writer thread (~40 us a scalar instead of ~10).
-    logger = TensorBoardLogger(save_dir=run_dir, name="", version="", default_hp_metric=False,
-                               max_queue=1000)
-    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_args.update(precision_arguments(trainer_args["precision"], cfg.trainer.accelerator))
-    profiler = trainer_args.get("profiler")
-    if profiler not in (None, *PROFILERS):
-        raise CharRNNError(
-            f"unknown trainer.profiler {profiler!r}: allowed values are null (none), "
-            f"{', '.join(PROFILERS)} (Lightning's profilers; set it on the command line or in "
-            "conf/train/trainer/)."
-        )
-    trainer_args["profiler"] = profiler or NoProfiler()
-    return L.Trainer(**trainer_args, default_root_dir=run_dir, logger=logger,
-                     callbacks=callbacks.all())
 
 
 def fit(trainer: L.Trainer, module: CharRNNModule, dm: CharDataModule, resume: Path | None,
@@ -284,14 +248,17 @@ def train(cfg: DictConfig, first_callbacks: tuple[Callback, ...] = ()) -> dict[s
 
     `first_callbacks` run before the run's own (the benchmark's measurements)."""
     start = time.perf_counter()
+    check_int("seed", cfg.seed, "conf/train/train.yaml", minimum=0)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    if cfg.torch_threads:
+    if cfg.torch_threads is not None:
+        check_int("torch_threads", cfg.torch_threads, "conf/train/train.yaml",
+                  note=" or null (torch's default)")
         torch.set_num_threads(cfg.torch_threads)
     set_tf32(cfg.tf32)
     dm, module, resume = prepare(cfg)
     callbacks = build_callbacks(cfg, dm)
     callbacks.others[:0] = first_callbacks
-    trainer = build_trainer(cfg, callbacks)
+    trainer = build_trainer(cfg, callbacks.all())
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     # .hydra/config.yaml keeps ${hydra:...} unresolved; this copy can be read back anywhere.

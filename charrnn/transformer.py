@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from charrnn.errors import CharRNNError, check_positive_int
+from charrnn.errors import CharRNNError, check_int
 from charrnn.regularization import check_rate, drop_embedding, locked_dropout
 
 
@@ -158,10 +158,10 @@ class CharTransformer(nn.Module):
         super().__init__()
         from charrnn.rnn import check_input  # the same allowed values as the recurrent cells
 
-        check_positive_int("model.hidden_size", hidden_size, "conf/train/model/")
-        check_positive_int("model.num_layers", num_layers, "conf/train/model/")
-        check_positive_int("model.num_heads", num_heads, "conf/train/model/")
-        check_positive_int("model.context_length", context_length, "conf/train/model/")
+        check_int("model.hidden_size", hidden_size, "conf/train/model/")
+        check_int("model.num_layers", num_layers, "conf/train/model/")
+        check_int("model.num_heads", num_heads, "conf/train/model/")
+        check_int("model.context_length", context_length, "conf/train/model/")
         check_input(input, embedding_dim)
         if hidden_size % num_heads or (hidden_size // num_heads) % 2:
             raise CharRNNError(

@@ -63,11 +63,11 @@ def test_fp16_steps_the_scaler_skips_are_not_divergence(tiny_cfg, tmp_path, monk
     bf16-mixed, so the fp16 plugin is given here directly.)"""
     from lightning.pytorch.plugins.precision import MixedPrecision
 
-    from charrnn import training
+    from charrnn import trainer
 
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**24)  # the first steps overflow
     plugin = MixedPrecision("16-mixed", "cpu", scaler=scaler)
-    monkeypatch.setattr(training, "precision_arguments",
+    monkeypatch.setattr(trainer, "precision_arguments",
                         lambda precision, accelerator: {"precision": None, "plugins": [plugin]})
     metrics = train(tiny_cfg("trainer.max_epochs=1", "model.kernel=torch"))
     assert scaler.get_scale() < 2.0**24  # steps were skipped

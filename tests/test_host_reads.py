@@ -13,7 +13,8 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from charrnn.training import build_callbacks, build_trainer, fit, prepare
+from charrnn.trainer import build_trainer
+from charrnn.training import build_callbacks, fit, prepare
 
 READS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy"}
 ALLOWED = (  # (file, function) of a frame on the way to the read
@@ -61,7 +62,7 @@ def run_watched(cfg, watch: WatchSteps | None = None) -> WatchSteps:
     callbacks = build_callbacks(cfg, dm)
     watch = watch or WatchSteps()
     callbacks.others.insert(0, watch)  # its batch start runs first ...
-    trainer = build_trainer(cfg, callbacks)
+    trainer = build_trainer(cfg, callbacks.all())
     # ... and its batch end last: after every other callback's
     trainer.callbacks.append(trainer.callbacks.pop(trainer.callbacks.index(watch)))
     fit(trainer, module, dm, resume, callbacks)

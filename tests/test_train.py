@@ -12,7 +12,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from charrnn.errors import CharRNNError
 from charrnn.report import read_scalars
-from charrnn.training import NoProfiler, build_callbacks, build_trainer, prepare, train
+from charrnn.trainer import NoProfiler, build_trainer
+from charrnn.training import build_callbacks, prepare, train
 from tests.conftest import TINY, make_corpus, run_script
 
 
@@ -124,10 +125,27 @@ def test_resume_matches_an_uninterrupted_run(tiny_cfg, tmp_path):
         (["data.val_fraction=0.6", "data.test_fraction=0.4"], "leave no training data"),
         (["module.lr_schedule=cosine"], "unknown module.lr_schedule 'cosine'"),
         (["samples.prompt=@"], "samples.prompt has characters that are not in the vocabulary: '@'"),
-        (["vanishing.every_n_steps=-1"], "vanishing.every_n_steps must be a positive integer"),
-        (["vanishing.image_every_n_steps=1.5"],
-         "vanishing.image_every_n_steps must be a positive integer.*0 turns it off"),
+        (["vanishing.every_n_steps=-1"], r"every_n_steps must be an integer >= 0 \(0 turns"),
+        (["vanishing.image_every_n_steps=1.5"], "vanishing.image_every_n_steps must be an integer"),
+        (["vanishing.batch_size=0"], "vanishing.batch_size must be a positive integer"),
         (["trainer.profiler=fast"], "unknown trainer.profiler 'fast': allowed values are null"),
+        (["module.lr=-1"], r"module.lr must be a number >= 0 \(0 freezes the weights\), got -1"),
+        (["module.lr=fast"], "module.lr must be a number >= 0.*got 'fast'"),
+        (["module.lr_factor=1"], r"module.lr_factor must be a number in \(0, 1\)"),
+        (["module.lr_patience=-1"], "module.lr_patience must be an integer >= 0"),
+        (["early_stopping.patience=-1"], "early_stopping.patience must be an integer >= 0"),
+        (["early_stopping.min_delta=-0.1"], "early_stopping.min_delta must be a number >= 0"),
+        (["gradients.max_loss_ratio=0"], "gradients.max_loss_ratio must be a number > 0"),
+        (["gradients.check_every_n_steps=0"], "gradients.check_every_n_steps must be a positive"),
+        (["seed=abc"], "seed must be an integer >= 0"),
+        (["torch_threads=0"], "torch_threads must be a positive integer or null"),
+        (["trainer.max_epochs=0"], r"trainer.max_epochs must be a positive integer \(or -1"),
+        (["trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val must be a number >= 0"),
+        (["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps must be a positive integer"),
+        (["trainer.val_check_interval=0"], "trainer.val_check_interval must be a positive integer"),
+        (["trainer.val_check_interval=1.5"], r"a fraction of an epoch in \(0, 1\], or null"),
+        (["trainer.devices=0"], "Lightning refuses the trainer settings: .*devices=0.* Set the "
+                                "trainer.\\* key it names .* conf/train/trainer/default.yaml"),
     ],
 )
 def test_bad_settings_fail_before_training(tiny_cfg, tmp_path, overrides, message):
@@ -136,10 +154,18 @@ def test_bad_settings_fail_before_training(tiny_cfg, tmp_path, overrides, messag
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for a GPU where there is none")
+def test_a_gpu_asked_for_where_torch_sees_none_is_a_clear_error(tiny_cfg, tmp_path):
+    with pytest.raises(CharRNNError, match="trainer.accelerator=gpu asks for a GPU, and torch .* "
+                       "sees none. Use trainer.accelerator=auto"):
+        train(tiny_cfg("trainer.accelerator=gpu"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_the_default_profiler_is_a_shared_null_context(tiny_cfg):
     cfg = tiny_cfg()
     dm, _, _ = prepare(cfg)
-    profiler = build_trainer(cfg, build_callbacks(cfg, dm)).profiler
+    profiler = build_trainer(cfg, build_callbacks(cfg, dm).all()).profiler
     assert isinstance(profiler, NoProfiler)
     with profiler.profile("outer"), profiler.profile("inner"):  # nested, as Lightning does
         pass
