@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from charrnn.checkpoints import METRICS_FILE, register_resolvers, resolve_checkpoint, run_folder_of
 from charrnn.cli import fail, multirun, newest_run, prepare_overrides
 from charrnn.dynamic import check_dynamic_args
-from charrnn.errors import CharRNNError
+from charrnn.errors import CharRNNError, check_int
 from charrnn.model import CharModel
 from charrnn.sampling import load_model, sample_metrics, sample_text, score_text
 from charrnn.vocab import CharVocab, read_text
@@ -36,6 +36,13 @@ def generate(cfg: DictConfig, stream=sys.stdout) -> list[str] | dict:
         cfg.ckpt_path = str(newest)
     if cfg.mode not in ("sample", "score"):
         raise CharRNNError(f"mode must be sample or score, got {cfg.mode!r}.")
+    check_int("seed", cfg.seed, "conf/generate/generate.yaml", minimum=0)
+    output = Path(to_absolute_path(cfg.output)) if cfg.output is not None else None
+    if output is not None and not output.parent.is_dir():
+        raise CharRNNError(
+            f"output={cfg.output}: the folder {output.parent} does not exist. Create it, or set "
+            "output to a file in an existing folder."
+        )
     ckpt = resolve_checkpoint(to_absolute_path(cfg.ckpt_path), "best")
     model, vocab = load_model(ckpt, cfg.device)
     if cfg.mode == "score":
@@ -64,8 +71,8 @@ def generate(cfg: DictConfig, stream=sys.stdout) -> list[str] | dict:
         for i, text in enumerate(texts, 1):
             stream.write(f"--- sample {i}/{len(texts)} ---\n{text}\n")
     combined = "\n\n".join(texts) + "\n"
-    if cfg.output is not None:
-        Path(to_absolute_path(cfg.output)).write_text(combined, encoding="utf-8")
+    if output is not None:
+        output.write_text(combined, encoding="utf-8")
     if multirun():
         keep_job(cfg, sample_metrics(model, vocab, samples), sample=combined)
     return texts

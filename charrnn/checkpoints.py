@@ -64,11 +64,10 @@ def load_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CharRNNError(
-            f"{key}={path} is not a loadable charrnn checkpoint ({reason}). It may be truncated, "
-            "not a checkpoint at all, or contain objects that are refused for safety. Set "
-            f"{key} to a .ckpt file written by train.py (e.g. <run folder>/checkpoints/last.ckpt)."
+            f"{key}={path} is not a loadable charrnn checkpoint ({_load_failure(path, err)}). "
+            f"Set {key} to a .ckpt file written by train.py (e.g. <run folder>/checkpoints/"
+            "last.ckpt)."
         ) from None
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hparams, dict) or "vocab" not in hparams or "state_dict" not in ckpt:
@@ -77,6 +76,20 @@ def load_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
             "weights in it). Set it to a .ckpt file written by train.py."
         )
     return ckpt
+
+
+def _load_failure(path: str | Path, err: Exception) -> str:
+    """Why torch.load failed, in a few words (its own message for a refused object goes on to
+    suggest weights_only=False, which would run code from the file)."""
+    with open(path, "rb") as file:
+        if file.read(4) != b"PK\x03\x04":  # torch.save writes a zip archive
+            return "not a file torch.save writes"
+    text = str(err).strip()
+    if text.startswith("Weights only load failed"):
+        advice = ("Weights only load failed", "Please file an issue", "Check the documentation")
+        what = [p.strip() for p in text.split("\n\n") if p.strip() and not p.startswith(advice)]
+        return f"it holds objects a safe, weights-only load refuses: {' '.join(what)}"
+    return f"truncated or damaged: {text.splitlines()[0]}" if text else type(err).__name__
 
 
 def register_resolvers() -> None:

@@ -1,5 +1,5 @@
 """The one exception type for mistakes a user can fix (bad config, bad files), and the checks of
-numeric settings that raise it."""
+settings that raise it."""
 
 import math
 
@@ -38,4 +38,19 @@ def check_number(key: str, value: object, where: str = "", *, above: float | Non
             low = f"in {'(' if above is not None else '['}{low.split()[1]}, {below:g})"
         raise CharRNNError(
             f"{key} must be a number {low}{note}, got {value!r}.{_where(key, where)}"
+        )
+
+
+def check_gpu(setting: str, instead: str) -> None:
+    """Raise a CharRNNError unless torch sees a CUDA GPU; `setting` asked for one, `instead`
+    is the setting that runs without."""
+    import torch
+
+    if not torch.cuda.is_available():
+        cuda = torch.version.cuda
+        build = "a CPU build" if cuda is None else f"built for CUDA {cuda}"
+        raise CharRNNError(
+            f"{setting} asks for a GPU, and torch {torch.__version__} ({build}) sees none. Use "
+            f"{instead}; to run on an NVIDIA GPU, install the CUDA build of torch that matches "
+            "its driver (pytorch.org) in place of the CPU build."
         )

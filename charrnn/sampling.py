@@ -12,13 +12,34 @@ import torch.nn.functional as F
 
 from charrnn.checkpoints import load_checkpoint
 from charrnn.dynamic import dynamic_loss_sum
-from charrnn.errors import CharRNNError, check_int
+from charrnn.errors import CharRNNError, check_gpu, check_int
 from charrnn.model import CharModel, build_model
 from charrnn.vocab import CharVocab
 
 
+def check_device(device: str) -> None:
+    """Raise a CharRNNError unless `device` names a device torch can use here."""
+    try:
+        kind, index = torch.device(device).type, torch.device(device).index
+    except (RuntimeError, TypeError):
+        kind = index = None
+    if kind not in ("cpu", "cuda"):
+        raise CharRNNError(
+            f"device must be cpu or cuda (cuda:N: one GPU of several), got {device!r}. Set it on "
+            "the command line (device=cuda) or in conf/generate/generate.yaml."
+        )
+    if kind == "cuda":
+        check_gpu(f"device={device}", "device=cpu")
+        if index is not None and index >= torch.cuda.device_count():
+            raise CharRNNError(
+                f"device={device}: torch sees {torch.cuda.device_count()} GPU(s), numbered from "
+                "0. Use device=cuda (the first) or another number."
+            )
+
+
 def load_model(path: str | Path, device: str = "cpu") -> tuple[CharModel, CharVocab]:
     """Model and vocabulary from a checkpoint alone (loaded with `weights_only=True`)."""
+    check_device(device)
     ckpt = load_checkpoint(path)
     hparams = ckpt["hyper_parameters"]
     vocab = CharVocab(hparams["vocab"])

@@ -8,14 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.profilers import PassThroughProfiler
 from omegaconf import DictConfig, OmegaConf
 
-from charrnn.errors import CharRNNError, check_int, check_number
+from charrnn.errors import CharRNNError, check_gpu, check_int, check_number
 from charrnn.precision import precision_arguments
 
 PROFILERS = ("simple", "advanced", "pytorch")  # trainer.profiler: Lightning's, by name
@@ -52,15 +51,9 @@ def check_trainer_args(args: dict[str, Any]) -> None:
             f"{', '.join(PROFILERS)} (Lightning's profilers; set it on the command line or in "
             f"{WHERE})."
         )
-    if args["accelerator"] in ("gpu", "cuda") and not torch.cuda.is_available():
-        cuda = torch.version.cuda
-        build = "a CPU build" if cuda is None else f"built for CUDA {cuda}"
-        raise CharRNNError(
-            f"trainer.accelerator={args['accelerator']} asks for a GPU, and torch "
-            f"{torch.__version__} ({build}) sees none. Use trainer.accelerator=auto (a GPU when "
-            "there is one) or cpu; to train on an NVIDIA GPU, install the CUDA build of torch "
-            "that matches its driver (pytorch.org) in place of the CPU build."
-        )
+    if args["accelerator"] in ("gpu", "cuda"):
+        check_gpu(f"trainer.accelerator={args['accelerator']}",
+                  "trainer.accelerator=auto (a GPU when there is one) or cpu")
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[Callback]) -> L.Trainer:

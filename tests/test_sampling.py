@@ -132,9 +132,14 @@ def test_bad_checkpoint_files_are_refused_without_running_code(trained, tmp_path
     (tmp_path / "evil.ckpt").write_bytes(pickle.dumps({"state_dict": RunsCode(marker)}))
     torch.save({"state_dict": {}, "hyper_parameters": {"vocab": RunsCode(marker)}},
                tmp_path / "evil2.ckpt")
-    for name in ("truncated.ckpt", "text.ckpt", "evil.ckpt", "evil2.ckpt"):
-        with pytest.raises(CharRNNError, match="not a loadable charrnn checkpoint"):
+    for name, why in [("truncated.ckpt", "truncated or damaged: "),
+                      ("text.ckpt", "not a file torch.save writes"),
+                      ("evil.ckpt", "not a file torch.save writes"),
+                      ("evil2.ckpt", "objects a safe, weights-only load refuses: Trying to")]:
+        with pytest.raises(CharRNNError, match="not a loadable charrnn checkpoint") as err:
             load_model(tmp_path / name)
+        assert why in str(err.value)
+        assert "weights_only" not in str(err.value)  # torch's advice to load it unsafely
     assert not marker.exists()
 
 
@@ -187,6 +192,12 @@ def test_generate_bad_input_exits_2_with_the_message(trained, tmp_path):
         (["ckpt_path=null"], "no checkpoint given"),
         (["mode=sing"], "mode must be sample or score"),
         (["mode=score"], "mode=score needs text_path"),
+        (["seed=abc"], "seed must be an integer >= 0, got 'abc'"),
+        (["device=tpu"], r"device must be cpu or cuda \(cuda:N: one GPU of several\), got 'tpu'"),
+        (["output=/no/such/folder/sample.txt"], "the folder /no/such/folder does not exist"),
+        pytest.param(["device=cuda"], "device=cuda asks for a GPU, and torch .* sees none. Use "
+                     "device=cpu", marks=pytest.mark.skipif(torch.cuda.is_available(),
+                                                            reason="there is a GPU")),
     ],
 )
 def test_generate_bad_input(trained, args, message):
