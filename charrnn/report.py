@@ -215,6 +215,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="also plot these TensorBoard scalars per step (e.g. train/loss)")
     parser.add_argument("--out", type=Path, help="PNG for --curves (default: SWEEP/curves.png)")
     args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        parser.error(f"{args.sweep_dir} is not a folder: give a sweep folder, e.g. "
+                     "outputs/multirun/2026-01-01/12-00-00")
     summarize(args.sweep_dir)
     if args.curves:
         out = args.out or args.sweep_dir / "curves.png"

@@ -55,6 +55,15 @@ def test_default_run_has_no_study_or_launcher():
 
 
 @pytest.mark.slow
+def test_summary_of_a_folder_that_is_not_there_says_so(tmp_path, capsys):
+    from charrnn.report import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path / "missing")])
+    assert exit_.value.code == 2
+    assert "missing is not a folder: give a sweep folder" in capsys.readouterr().err
+
+
 def test_sweep_summary_lists_every_job_and_failed_ones(corpus, tmp_path: Path):
     """A 3-job sweep where one job is forced to fail: the others complete, the summary has one
     row per job with the failure and its error, and the sweep exits non-zero."""

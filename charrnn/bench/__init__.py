@@ -68,24 +68,31 @@ DEFAULT_GROUPS = ("train", "kernel", "generate")
 WORKERS = {**loops.WORKERS, **corpus.WORKERS}
 
 
+def _count(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=sorted(GROUPS), action="append")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--corpus", type=Path, help="training text (default: Tiny Shakespeare)")
-    parser.add_argument("--train-steps", type=int, default=140, help="steps per repetition")
+    parser.add_argument("--train-steps", type=_count, default=140, help="steps per repetition")
     parser.add_argument("--cache-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: checks the harness only")
-    parser.add_argument("--repeats", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=2,
+    parser.add_argument("--repeats", type=_count, default=4)
+    parser.add_argument("--rounds", type=_count, default=2,
                         help="training configurations run this many times, interleaved")
-    parser.add_argument("--hidden-size", type=int, default=512)
+    parser.add_argument("--hidden-size", type=_count, default=512)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where training runs (auto: the GPU when there is one)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a train.py override for every Lightning path, e.g. "
                         "--set vanishing.every_n_steps=0 (what that setting costs)")
-    parser.add_argument("--gen-length", type=int, default=4000)
+    parser.add_argument("--gen-length", type=_count, default=4000)
     parser.add_argument("--json", type=Path, default=ROOT / "outputs" / "bench.json")
     args = parser.parse_args(argv)
     args.device = resolve_device(args.device)
