@@ -59,8 +59,7 @@ def check_trainer_args(args: dict[str, Any]) -> None:
 def build_trainer(cfg: DictConfig, callbacks: list[Callback]) -> L.Trainer:
     """The Trainer of conf/train/trainer/, logging to TensorBoard in the run folder."""
     run_dir = Path(cfg.run_dir)
-    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
-    check_trainer_args(trainer_args)
+    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)  # checked by prepare()
     trainer_args.update(precision_arguments(trainer_args["precision"], cfg.trainer.accelerator))
     trainer_args["profiler"] = trainer_args["profiler"] or NoProfiler()
     # name="" and version="": event files go straight into the run folder, and a resumed run

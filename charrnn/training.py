@@ -32,7 +32,7 @@ from charrnn.gradients import GradientMonitor
 from charrnn.model import model_settings
 from charrnn.module import CharRNNModule
 from charrnn.precision import set_tf32
-from charrnn.trainer import build_trainer
+from charrnn.trainer import build_trainer, check_trainer_args
 
 # Noise that tells a user nothing actionable: the corpus is an in-memory tensor (workers would
 # only add start-up cost), a deprecation inside Lightning, and an advertisement.
@@ -114,12 +114,20 @@ def prepare(cfg: DictConfig) -> tuple[CharDataModule, CharRNNModule, Path | None
     """The data, the module and the checkpoint to resume from (None for a new run), every
     setting checked before anything is written."""
     run_dir = Path(cfg.run_dir)
+    check_trainer_args(OmegaConf.to_container(cfg.trainer, resolve=True))
     dm = CharDataModule(**cfg.data)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     resume = None
     if cfg.ckpt_path is not None:
         resume = resolve_checkpoint(cfg.ckpt_path, "last")
         ckpt = load_checkpoint(resume)
+        done, limit = int(ckpt["epoch"]) + 1, cfg.trainer.max_epochs
+        if limit != -1 and limit < done:
+            raise CharRNNError(
+                f"checkpoint {resume} holds the end of epoch {done}, beyond trainer.max_epochs="
+                f"{limit}. To train on, raise the limit: `python train.py ckpt_path="
+                f"{cfg.ckpt_path} trainer.max_epochs={done + 20}`."
+            )
     elif any((run_dir / CHECKPOINT_DIR).glob("*.ckpt")):
         raise CharRNNError(
             f"run folder {run_dir} already holds checkpoints: refusing to overwrite them. "

@@ -116,6 +116,15 @@ def test_resume_matches_an_uninterrupted_run(tiny_cfg, tmp_path):
     assert len(scalars(tmp_path / "split")["val/loss"]) == 3
 
 
+def test_resuming_below_the_epochs_done_is_refused_and_touches_nothing(tiny_cfg, tmp_path):
+    train(tiny_cfg("trainer.max_epochs=2"))
+    before = sorted((p.name, p.stat().st_mtime) for p in (tmp_path / "run").rglob("*"))
+    with pytest.raises(CharRNNError, match=r"holds the end of epoch 2, beyond "
+                       r"trainer.max_epochs=1\. To train on, raise the limit: .*max_epochs=22"):
+        train(tiny_cfg("trainer.max_epochs=1", f"ckpt_path={tmp_path / 'run'}"))
+    assert sorted((p.name, p.stat().st_mtime) for p in (tmp_path / "run").rglob("*")) == before
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
