@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from charrnn.checkpoints import register_resolvers
 from charrnn.cli import prepare_overrides
-from tests.conftest import CONF, GENERATE_CONF, ROOT
+from tests.conftest import CONF, GENERATE_CONF, ROOT, run_script
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SCRIPTS = {"train.py": (CONF, "train", ("samples.prompt",)),
@@ -205,3 +205,14 @@ def test_documented_benchmark_groups_and_checks_exist():
             named += [(doc.name, "bench", n) for n in group.split("|")]
     assert any(tool == "gpu_checks" for _, tool, _ in named)
     assert [(d, t, n) for d, t, n in named if n not in known[t]] == []
+
+
+@pytest.mark.parametrize("script", ["train.py", "generate.py"])
+def test_help_names_the_docs_and_its_examples_compose(script):
+    result = run_script(script, "--help", cwd=ROOT)
+    assert result.returncode == 0 and "docs/configuration.md" in result.stdout
+    examples = [re.sub(r"\s+\(.*\)$", "", line.strip()) for line in result.stdout.splitlines()
+                if line.strip().startswith(f"python {script} ") and "[" not in line]
+    assert len(examples) >= 3, result.stdout
+    for command in examples:
+        compose_command(command)
