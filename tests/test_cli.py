@@ -69,14 +69,6 @@ def test_keys_of_any_config_file_additions_and_hydras_own_pass():
     assert prepare_overrides(args, text_keys=(), conf_dir=Path(CONF)) == args
 
 
-def test_train_py_refuses_a_misspelt_key_before_making_a_run_folder(tmp_path):
-    result = run_script("train.py", "trainer.max_epoch=3", cwd=tmp_path)
-    assert result.returncode == 2
-    assert "Did you mean trainer.max_epochs?" in result.stderr
-    assert "+trainer" not in result.stderr  # Hydra's own answer: add the key
-    assert list(tmp_path.iterdir()) == []
-
-
 def test_each_entry_point_offers_only_its_own_studies():
     def options(config_dir: str, group: str) -> list[str]:
         GlobalHydra.instance().clear()

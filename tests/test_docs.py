@@ -207,6 +207,7 @@ def test_documented_benchmark_groups_and_checks_exist():
     assert [(d, t, n) for d, t, n in named if n not in known[t]] == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["train.py", "generate.py"])
 def test_help_names_the_docs_and_its_examples_compose(script):
     result = run_script(script, "--help", cwd=ROOT)

@@ -267,7 +267,8 @@ def test_cli_names_the_run_folder_it_wrote(corpus, tmp_path):
     ("overrides", "message"),
     [
         pytest.param(["data.path=missing.txt"], "corpus file not found", marks=pytest.mark.slow),
-        (["model.cell=lstmm"], "unknown model.cell 'lstmm'"),
+        pytest.param(["model.cell=lstmm"], "unknown model.cell 'lstmm'", marks=pytest.mark.slow),
+        (["trainer.max_epoch=3"], "Did you mean trainer.max_epochs?"),  # not Hydra's "use +"
     ],
 )
 def test_cli_bad_input_exits_2_and_leaves_no_run_folder(corpus, tmp_path, overrides, message):
