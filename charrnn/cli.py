@@ -98,11 +98,13 @@ class ConfigKeys:
 
     def check(self, override) -> None:
         """Raise a CharRNNError for a key or group option the configs lack."""
-        from hydra.core.override_parser.types import OverrideType
+        from hydra.core.override_parser.types import Glob, OverrideType
 
         key = override.key_or_group
         if key.startswith("hydra") or override.package is not None:
             return  # Hydra's settings and groups: Hydra checks them
+        if key in self.groups and isinstance(override.value(), Glob):
+            return  # glob(...) picks among the options that are there
         if key in self.groups:
             options = self.groups[key]
             for value in override.sweep_string_iterator() if override.is_sweep_override() else (

@@ -33,11 +33,13 @@ def check_number(key: str, value: object, where: str = "", *, above: float | Non
     ok = ok and (above is None or value > above) and (at_least is None or value >= at_least)
     ok = ok and (below is None or value < below)
     if not ok:
-        low = f"> {above:g}" if above is not None else f">= {at_least:g}"
-        if below is not None:
-            low = f"in {'(' if above is not None else '['}{low.split()[1]}, {below:g})"
+        if below is None:
+            bounds = f"> {above:g}" if above is not None else f">= {at_least:g}"
+        else:
+            bounds = f"in ({above:g}, {below:g})" if above is not None else (
+                f"in [{at_least:g}, {below:g})")
         raise CharRNNError(
-            f"{key} must be a number {low}{note}, got {value!r}.{_where(key, where)}"
+            f"{key} must be a number {bounds}{note}, got {value!r}.{_where(key, where)}"
         )
 
 
@@ -46,11 +48,15 @@ def check_gpu(setting: str, instead: str) -> None:
     is the setting that runs without."""
     import torch
 
-    if not torch.cuda.is_available():
-        cuda = torch.version.cuda
-        build = "a CPU build" if cuda is None else f"built for CUDA {cuda}"
-        raise CharRNNError(
-            f"{setting} asks for a GPU, and torch {torch.__version__} ({build}) sees none. Use "
-            f"{instead}; to run on an NVIDIA GPU, install the CUDA build of torch that matches "
-            "its driver (pytorch.org) in place of the CPU build."
-        )
+    if torch.cuda.is_available():
+        return
+    if torch.version.cuda is None:
+        build, fix = "a CPU build", ("install the CUDA build of torch that matches the GPU's "
+                                    "driver (pytorch.org) in place of the CPU build")
+    else:
+        build, fix = f"built for CUDA {torch.version.cuda}", (
+            "check that `nvidia-smi` lists a GPU and that CUDA_VISIBLE_DEVICES does not hide it")
+    raise CharRNNError(
+        f"{setting} asks for a GPU, and torch {torch.__version__} ({build}) sees none. Use "
+        f"{instead}; to run on an NVIDIA GPU, {fix}."
+    )

@@ -64,6 +64,7 @@ def test_a_key_or_option_no_config_has_is_named_with_the_nearest(conf, arg, says
 
 def test_keys_of_any_config_file_additions_and_hydras_own_pass():
     args = ["-m", "experiment=cells,hidden_size", "cells.hidden_size.rnn=7", "+model.extra=1",
+            "hparams_search=glob(*)",
             "~samples.seed", "hydra.sweeper.params.model.cell=rnn", "launcher=parallel",
             "hydra/launcher=basic", "module.lr=tag(log, interval(1e-4, 1e-2))", "tf32=null"]
     assert prepare_overrides(args, text_keys=(), conf_dir=Path(CONF)) == args
