@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
-from charrnn.errors import check_int
+from charrnn.errors import CharRNNError, check_int
 from charrnn.model import CharModel, CharRNN
 
 DISTANCES = (1, 10, 25, 50, 99)  # k logged as scalars (those below seq_length)
@@ -210,8 +210,11 @@ def compare_runs(runs: list[Path], out: Path, batch_size: int = 32,
 
     curves = {}
     for run in runs:
+        if not (run / "config.yaml").is_file():
+            raise CharRNNError(f"{run} is not a run folder (no config.yaml in it): give folders "
+                               "train.py wrote, e.g. outputs/2026-01-01/12-00-00.")
+        model, _ = load_model(resolve_checkpoint(run, "best", key="run"))
         cfg = OmegaConf.load(run / "config.yaml")
-        model, _ = load_model(resolve_checkpoint(run, "best"))
         if hidden and not model.recurrent:
             print(f"{run}: model.cell={cfg.model.cell} has no hidden state; left out")
             continue
@@ -243,7 +246,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="||dL_T/dh_{T-k}|| with respect to the hidden state instead "
                         "(recurrent cells only)")
     args = parser.parse_args(argv)
-    curves = compare_runs(args.runs, args.out, hidden=args.hidden)
+    try:
+        curves = compare_runs(args.runs, args.out, hidden=args.hidden)
+    except CharRNNError as err:  # a folder that is not a run
+        parser.exit(2, f"error: {err}\n")
     print("run" + "".join(f" | k={k}" for k in DISTANCES))
     for label, curve in curves.items():
         print(label + "".join(f" | {curve[k]:.3g}" for k in DISTANCES if k < len(curve)))
