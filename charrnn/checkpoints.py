@@ -4,6 +4,7 @@ starts fast)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 from datetime import datetime
@@ -92,14 +93,39 @@ def _load_failure(path: str | Path, err: Exception) -> str:
     return f"truncated or damaged: {text.splitlines()[0]}" if text else type(err).__name__
 
 
+_CLAIMED: dict[str, str] = {}  # claim_folder's answers in this process
+
+
+def claim_folder(path: str) -> str:
+    """`path`, or else `path-2`, `path-3`, ...: the first that did not exist, created now.
+
+    Creating a folder is atomic, so runs started in the same second (outputs/<date>/<time>) get
+    a folder each instead of writing into one. The same `path` gets the same answer within a
+    process, however often the config is resolved.
+    """
+    if path not in _CLAIMED:
+        base = Path(path)
+        base.parent.mkdir(parents=True, exist_ok=True)
+        for n in itertools.count(1):
+            folder = base if n == 1 else base.with_name(f"{base.name}-{n}")
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                continue
+            _CLAIMED[path] = str(folder)
+            break
+    return _CLAIMED[path]
+
+
 def register_resolvers() -> None:
     """Resolvers used by conf/train/train.yaml's hydra section.
 
-    A resumed run writes into its own run folder, and keeps the original run's .hydra/ (its
-    overrides are what resuming it again needs).
+    A new run claims a folder of its own; a resumed run writes into its own run folder, and
+    keeps the original run's .hydra/ (its overrides are what resuming it again needs).
     """
     OmegaConf.register_new_resolver(
-        "charrnn_run_dir", lambda ckpt, default: str(run_folder_of(ckpt) or default), replace=True
+        "charrnn_run_dir", lambda ckpt, default: str(run_folder_of(ckpt) or claim_folder(default)),
+        replace=True,
     )
     OmegaConf.register_new_resolver(
         "charrnn_hydra_subdir",

@@ -278,3 +278,17 @@ def test_cli_bad_input_exits_2_and_leaves_no_run_folder(corpus, tmp_path, overri
     assert message in result.stderr and "Traceback" not in result.stderr
     outputs = tmp_path / "outputs"
     assert not outputs.exists() or not [p for p in outputs.rglob("*") if p.is_file()]
+
+
+def test_runs_started_in_the_same_second_get_a_folder_each(tmp_path, monkeypatch):
+    """The default run folder, outputs/<date>/<time>, is claimed by creating it: a second run
+    started in the same second (another process) gets <time>-2 instead of sharing it."""
+    from charrnn import checkpoints
+
+    monkeypatch.setattr(checkpoints, "_CLAIMED", {})
+    base = str(tmp_path / "outputs" / "12-00-00")
+    first = checkpoints.claim_folder(base)
+    assert checkpoints.claim_folder(base) == first == base  # the config resolved again
+    checkpoints._CLAIMED.clear()  # as in another process
+    second = checkpoints.claim_folder(base)
+    assert second == base + "-2" and Path(second).is_dir()
