@@ -3,6 +3,7 @@ whether a GPU's fp32 matrix products may use TensorFloat-32."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -67,6 +68,29 @@ def precision_arguments(precision: str | int, accelerator: str) -> dict:
     return {"precision": None, "plugins": [CachedBF16Autocast(device)]}
 
 
+class Tf32Hint(logging.Filter):
+    """Lightning's advice on a GPU with Tensor Cores, to call
+    `torch.set_float32_matmul_precision`, said with this project's key (`tf32`), and not at all
+    after tf32=false, a choice made."""
+
+    TEXT = ("this GPU has Tensor Cores: tf32=true runs fp32 matrix products in TensorFloat-32, "
+            "faster and a little less precise (docs/performance.md, TF32).")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tf32: bool | None = None  # set_tf32 keeps it
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "that has Tensor Cores" not in str(record.msg):
+            return True
+        record.msg, record.args = self.TEXT, ()
+        return self.tf32 is not False
+
+
+TF32_HINT = Tf32Hint()
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(TF32_HINT)
+
+
 def set_tf32(tf32: bool | None) -> None:
     """`tf32`: whether fp32 matrix products on a GPU may use TensorFloat-32 tensor cores
     (Ampere and later; inputs rounded to 10 bits of mantissa, products summed in fp32).
@@ -85,3 +109,4 @@ def set_tf32(tf32: bool | None) -> None:
         )
     torch.backends.cuda.matmul.allow_tf32 = tf32 is True
     torch.backends.cudnn.allow_tf32 = tf32 is not False
+    TF32_HINT.tf32 = tf32

@@ -84,6 +84,32 @@ def test_tf32_refuses_other_values_before_writing_anything(tiny_cfg, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.usefixtures("torch_tf32_defaults")
+def test_lightnings_tensor_core_advice_names_the_tf32_key(caplog):
+    """On an Ampere-or-later GPU Lightning advises torch.set_float32_matmul_precision at every
+    start, an API no key of this project reaches: the advice names tf32=true instead, and is
+    left out after tf32=false. (Lightning's own check returns early without a GPU: its message
+    is sent here as Lightning sends it.)"""
+    import logging
+
+    from lightning.fabric.utilities.rank_zero import rank_zero_info
+
+    from charrnn.precision import set_tf32
+
+    advice = ("You are using a CUDA device ('NVIDIA H200') that has Tensor Cores. To properly "
+              "utilize them, you should set `torch.set_float32_matmul_precision('medium' | "
+              "'high')` which will trade-off precision for performance.")
+    name = "lightning.pytorch.utilities.rank_zero"
+    with caplog.at_level(logging.INFO, logger=name):
+        for tf32 in (None, False):
+            set_tf32(tf32)
+            rank_zero_info(advice)
+    messages = [r.getMessage() for r in caplog.records if r.name == name]
+    assert messages == ["this GPU has Tensor Cores: tf32=true runs fp32 matrix products in "
+                        "TensorFloat-32, faster and a little less precise (docs/performance.md, "
+                        "TF32)."]
+
+
 @pytest.mark.slow
 def test_benchmark_harness_end_to_end_tiny(tmp_path):
     results = bench(["--tiny", "--only", "train", "--only", "kernel", "--only", "overhead",
