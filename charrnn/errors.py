@@ -1,7 +1,10 @@
 """The one exception type for mistakes a user can fix (bad config, bad files), and the checks of
 settings that raise it."""
 
+import difflib
+import inspect
 import math
+from collections.abc import Callable, Iterable
 
 
 class CharRNNError(Exception):
@@ -60,3 +63,24 @@ def check_gpu(setting: str, instead: str) -> None:
         f"{setting} asks for a GPU, and torch {torch.__version__} ({build}) sees none. Use "
         f"{instead}; to run on an NVIDIA GPU, {fix}."
     )
+
+
+def check_keys(section: str, target: Callable, keys: Iterable[str],
+               taken: tuple[str, ...] = ()) -> None:
+    """Raise a CharRNNError for a key of the config section `section` that `target`, the class
+    it configures, does not take (`taken`: its arguments this project passes itself). Such a
+    key can only have been added with `+section.key=...`."""
+    allowed = [name for name in inspect.signature(target).parameters
+               if name not in ("self", *taken)]
+    unknown = sorted(set(keys) - set(allowed))
+    if unknown:
+        name = f"{target.__module__.split('.')[0]}'s {target.__qualname__}"
+        listed = (f"its arguments: {', '.join(allowed)}" if len(allowed) <= 15
+                  else f"its arguments are in the documentation of {name}")
+        near = difflib.get_close_matches(unknown[0], allowed, n=1)
+        hint = f" Did you mean {section}.{near[0]}?" if near else ""
+        raise CharRNNError(
+            f"{section}.{unknown[0]} is not an argument of {name}, which {section}.* configures "
+            f"({listed}).{hint} Remove the key from the command line (+{section}.{unknown[0]}"
+            "=...) or from conf/train/."
+        )

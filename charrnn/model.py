@@ -26,7 +26,7 @@ CELLS = (*RECURRENT_CELLS, "transformer")
 CharModel = CharRNN | CharTransformer
 
 __all__ = ["CELLS", "CharModel", "CharRNN", "CharTransformer", "KVCache", "State",
-           "build_model", "detach_state", "model_settings"]
+           "build_model", "check_model_keys", "detach_state", "model_settings"]
 
 
 def _architecture(cell: str) -> type[nn.Module]:
@@ -50,6 +50,20 @@ def model_settings(settings: dict[str, Any]) -> dict[str, Any]:
               if name != "vocab_size" and p.default is not inspect.Parameter.empty}
     chosen.update({k: v for k, v in settings.items() if k in parameters})
     return chosen
+
+
+def check_model_keys(settings: dict[str, Any]) -> None:
+    """Raise a CharRNNError for a model.* key that no architecture takes (one added with
+    `+model.<key>=...` would otherwise be ignored without a word)."""
+    known = {"cell"} | {name for architecture in (CharRNN, CharTransformer)
+                        for name in inspect.signature(architecture).parameters} - {"vocab_size"}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise CharRNNError(
+            f"model.{unknown[0]} is a setting of no model: the model.* keys are "
+            f"{', '.join(sorted(known))}. Remove it from the command line or conf/train/model/ "
+            "(docs/configuration.md)."
+        )
 
 
 def build_model(vocab_size: int, **settings: Any) -> CharModel:

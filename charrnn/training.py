@@ -27,9 +27,9 @@ from charrnn.checkpoints import (
 )
 from charrnn.data import CharDataModule
 from charrnn.diagnostics import VanishingMonitor
-from charrnn.errors import CharRNNError, check_int, check_number
+from charrnn.errors import CharRNNError, check_int, check_keys, check_number
 from charrnn.gradients import GradientMonitor
-from charrnn.model import model_settings
+from charrnn.model import check_model_keys, model_settings
 from charrnn.module import CharRNNModule
 from charrnn.precision import set_tf32
 from charrnn.trainer import build_trainer, check_trainer_args
@@ -110,13 +110,29 @@ class RunCallbacks:
                 self.last_checkpoint]
 
 
+# The config sections that are the keyword arguments of one class, with the arguments this
+# project passes itself. (model.* serves several architectures: model.check_model_keys.)
+CONSTRUCTED: dict[str, tuple[Any, tuple[str, ...]]] = {
+    "data": (CharDataModule, ()),
+    "module": (CharRNNModule, ("vocab", "model")),
+    "samples": (SampleText, ()),
+    "gradients": (GradientMonitor, ()),
+    "vanishing": (VanishingMonitor, ()),
+    "early_stopping": (EarlyStopping, ("monitor", "mode", "check_on_train_epoch_end")),
+    "trainer": (L.Trainer, ("default_root_dir", "logger", "callbacks", "plugins")),
+}
+
+
 def prepare(cfg: DictConfig) -> tuple[CharDataModule, CharRNNModule, Path | None]:
     """The data, the module and the checkpoint to resume from (None for a new run), every
     setting checked before anything is written."""
     run_dir = Path(cfg.run_dir)
+    for section, (target, taken) in CONSTRUCTED.items():
+        check_keys(section, target, cfg[section].keys(), taken)
     check_trainer_args(OmegaConf.to_container(cfg.trainer, resolve=True))
     dm = CharDataModule(**cfg.data)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    check_model_keys(model_cfg)
     resume = None
     if cfg.ckpt_path is not None:
         resume = resolve_checkpoint(cfg.ckpt_path, "last")

@@ -153,6 +153,11 @@ def test_resuming_below_the_epochs_done_is_refused_and_touches_nothing(tiny_cfg,
         (["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps must be a positive integer"),
         (["trainer.val_check_interval=0"], "trainer.val_check_interval must be a positive integer"),
         (["trainer.val_check_interval=1.5"], r"a fraction of an epoch in \(0, 1\], or null"),
+        (["+data.fooo=1"], r"data.fooo is not an argument of charrnn's CharDataModule, which "
+                           r"data.\* configures \(its arguments: path, cache_dir"),
+        (["+trainer.accumulate_grad_batch=2"], "Did you mean trainer.accumulate_grad_batches?"),
+        (["+early_stopping.mode=max"], "early_stopping.mode is not an argument of lightning's"),
+        (["+model.foo=1"], "model.foo is a setting of no model: the model.. keys are cell"),
         (["trainer.devices=0"], "Lightning refuses the trainer settings: .*devices=0.* Set the "
                                 "trainer.\\* key it names .* conf/train/trainer/default.yaml"),
     ],
