@@ -139,6 +139,10 @@ def main(cfg: DictConfig) -> None:
         print(f"\n=== {' '.join(HydraConfig.get().overrides.task)} ===", flush=True)
     try:
         generate(cfg)
+    except KeyboardInterrupt:  # Ctrl-C: the text so far stays on screen; the shell's status
+        written = "" if cfg.output is None else f" ({cfg.output} not written)"
+        print(f"\ninterrupted{written}.", file=sys.stderr)
+        sys.exit(130)
     except Exception as err:
         fail(err, job_dir)
 

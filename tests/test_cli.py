@@ -148,6 +148,23 @@ def test_ctrl_c_says_what_is_kept_and_exits_130(corpus, tmp_path):
 
 
 @pytest.mark.slow
+def test_ctrl_c_while_generating_stops_quietly_with_130(tiny_cfg, tmp_path):
+    train(tiny_cfg("trainer.max_epochs=1"))
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "generate.py"), f"ckpt_path={tmp_path / 'run'}",
+         "length=100000000", "output=sample.txt"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as above
+    )
+    first = proc.stdout.read(200)  # generation has started
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert len(first) == 200 and err.endswith("interrupted (sample.txt not written).\n")
+    assert "Traceback" not in err and not (tmp_path / "sample.txt").exists()
+
+
+@pytest.mark.slow
 def test_a_sweep_job_failing_with_any_error_is_recorded_and_the_sweep_goes_on(tiny_cfg,
                                                                              tmp_path):
     """generate.py, like train.py: a job that raises something other than a CharRNNError (here
