@@ -1,4 +1,5 @@
-"""Callbacks that show what training is doing: progress lines and training throughput."""
+"""Callbacks that show what training is doing: the model, progress lines, training throughput
+and samples."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 
 from charrnn.gradients import GradientMonitor
+from charrnn.model import model_settings
 from charrnn.sampling import check_sampling_args, sample_text
 from charrnn.vocab import CharVocab
 from charrnn.windows import IGNORE_INDEX
@@ -28,6 +30,32 @@ def _sync(pl_module: L.LightningModule) -> None:
     """GPU work is queued asynchronously: wait for it before reading a clock."""
     if pl_module.device.type == "cuda":
         torch.cuda.synchronize(pl_module.device)
+
+
+class ModelLine(Callback):
+    """One line on the model when fitting starts, in place of Lightning's parameter table (one
+    row for a model of one module, and a FLOPs column that reads 0 without an example input):
+    its settings, size, device and precision."""
+
+    # The settings that shape the model (a Transformer always learns its input embedding).
+    SHOWN = {True: ("cell", "hidden_size", "num_layers", "input", "embedding_dim"),
+             False: ("cell", "hidden_size", "num_layers", "num_heads", "context_length")}
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stdout
+
+    @rank_zero_only
+    def on_fit_start(self, trainer, pl_module) -> None:
+        model = pl_module.model
+        chosen = pl_module.hparams["model"]
+        settings = {**model_settings(chosen), "cell": chosen.get("cell", "rnn")}
+        shown = " ".join(f"{k}={settings[k]}" for k in self.SHOWN[model.recurrent]
+                         if settings.get(k) is not None)
+        count = sum(p.numel() for p in model.parameters())
+        size = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+        print(f"model: {type(model).__name__} ({shown}), {len(pl_module.hparams['vocab'])} "
+              f"characters, {count:,} parameters ({size:.1f} MiB); training on "
+              f"{pl_module.device.type} in {trainer.precision}", file=self.stream, flush=True)
 
 
 class SpeedMonitor(Callback):

@@ -62,6 +62,8 @@ def build_trainer(cfg: DictConfig, callbacks: list[Callback]) -> L.Trainer:
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)  # checked by prepare()
     trainer_args.update(precision_arguments(trainer_args["precision"], cfg.trainer.accelerator))
     trainer_args["profiler"] = trainer_args["profiler"] or NoProfiler()
+    # trainer.enable_model_summary: callbacks.ModelLine's one line, not Lightning's table
+    trainer_args["enable_model_summary"] = False
     # name="" and version="": event files go straight into the run folder, and a resumed run
     # appends to the same folder instead of starting version_1. max_queue: GradientMonitor
     # writes its values in groups; with SummaryWriter's default of 10 queued events each write

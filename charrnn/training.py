@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from charrnn.callbacks import ProgressLines, SampleText, SpeedMonitor
+from charrnn.callbacks import ModelLine, ProgressLines, SampleText, SpeedMonitor
 from charrnn.checkpoints import (
     CHECKPOINT_DIR,
     ERROR_FILE,
@@ -168,6 +168,8 @@ def build_callbacks(cfg: DictConfig, dm: CharDataModule) -> RunCallbacks:
     # The progress display comes after GradientMonitor: it shows the losses that one has read.
     others = [samples, GradientMonitor(**cfg.gradients), VanishingMonitor(**cfg.vanishing),
               ProgressLines()]
+    if cfg.trainer.enable_model_summary:  # in place of Lightning's table (build_trainer)
+        others.insert(0, ModelLine())
     if cfg.search.trial is not None:
         from charrnn.search import TrialReporter  # optuna: only in a search
 

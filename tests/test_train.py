@@ -3,6 +3,7 @@
 import json
 import logging
 import math
+import re
 import time
 from pathlib import Path
 
@@ -297,3 +298,13 @@ def test_runs_started_in_the_same_second_get_a_folder_each(tmp_path, monkeypatch
     checkpoints._CLAIMED.clear()  # as in another process
     second = checkpoints.claim_folder(base)
     assert second == base + "-2" and Path(second).is_dir()
+
+
+def test_the_model_is_summed_up_in_one_line(tiny_cfg, capsys):
+    train(tiny_cfg("trainer.enable_model_summary=true", "trainer.max_epochs=1", "test=false"))
+    out = capsys.readouterr().out
+    (line,) = [line for line in out.splitlines() if line.startswith("model: ")]
+    assert re.fullmatch(r"model: CharRNN \(cell=rnn hidden_size=\d+ num_layers=1 input=onehot\), "
+                        r"\d+ characters, [\d,]+ parameters \(\d+\.\d MiB\); training on cpu in "
+                        r"32-true", line), line
+    assert "Trainable params" not in out  # Lightning's table, with its FLOPs column of 0
