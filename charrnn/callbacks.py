@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from charrnn.gradients import GradientMonitor
 from charrnn.model import model_settings
+from charrnn.precision import tf32_note
 from charrnn.sampling import check_sampling_args, sample_text
 from charrnn.vocab import CharVocab
 from charrnn.windows import IGNORE_INDEX
@@ -53,9 +54,12 @@ class ModelLine(Callback):
                          if settings.get(k) is not None)
         count = sum(p.numel() for p in model.parameters())
         size = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+        precision = trainer.precision
+        if pl_module.device.type == "cuda" and precision == "32-true":
+            precision += f" ({tf32_note()})"
         print(f"model: {type(model).__name__} ({shown}), {len(pl_module.hparams['vocab'])} "
               f"characters, {count:,} parameters ({size:.1f} MiB); training on "
-              f"{pl_module.device.type} in {trainer.precision}", file=self.stream, flush=True)
+              f"{pl_module.device.type} in {precision}", file=self.stream, flush=True)
 
 
 class SpeedMonitor(Callback):

@@ -110,3 +110,11 @@ def set_tf32(tf32: bool | None) -> None:
     torch.backends.cuda.matmul.allow_tf32 = tf32 is True
     torch.backends.cudnn.allow_tf32 = tf32 is not False
     TF32_HINT.tf32 = tf32
+
+
+def tf32_note() -> str:
+    """Which of a GPU's fp32 matrix products run in TF32 now, and the key's value."""
+    libraries = [name for name, on in (("cuBLAS", torch.backends.cuda.matmul.allow_tf32),
+                                       ("cuDNN", torch.backends.cudnn.allow_tf32)) if on]
+    value = {None: "null", True: "true", False: "false"}[TF32_HINT.tf32]
+    return f"{'TF32 in ' + ' and '.join(libraries) if libraries else 'no TF32'}, tf32={value}"

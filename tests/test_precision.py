@@ -85,6 +85,18 @@ def test_tf32_refuses_other_values_before_writing_anything(tiny_cfg, tmp_path):
 
 
 @pytest.mark.usefixtures("torch_tf32_defaults")
+def test_the_model_line_says_where_tf32_is_on():
+    from charrnn.precision import set_tf32, tf32_note
+
+    notes = []
+    for tf32 in (None, True, False):
+        set_tf32(tf32)
+        notes.append(tf32_note())
+    assert notes == ["TF32 in cuDNN, tf32=null", "TF32 in cuBLAS and cuDNN, tf32=true",
+                     "no TF32, tf32=false"]
+
+
+@pytest.mark.usefixtures("torch_tf32_defaults")
 def test_lightnings_tensor_core_advice_names_the_tf32_key(caplog):
     """On an Ampere-or-later GPU Lightning advises torch.set_float32_matmul_precision at every
     start, an API no key of this project reaches: the advice names tf32=true instead, and is
