@@ -12,6 +12,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from charrnn.errors import CharRNNError
+from charrnn.precision import set_tf32
 from charrnn.report import read_scalars
 from charrnn.trainer import NoProfiler, build_trainer
 from charrnn.training import build_callbacks, prepare, train
@@ -308,3 +309,13 @@ def test_the_model_is_summed_up_in_one_line(tiny_cfg, capsys):
                         r"\d+ characters, [\d,]+ parameters \(\d+\.\d MiB\); training on cpu in "
                         r"32-true", line), line
     assert "Trainable params" not in out  # Lightning's table, with its FLOPs column of 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("tf32", "note"), [("null", "TF32 in cuDNN, tf32=null"),
+                                            ("false", "no TF32, tf32=false")])
+def test_on_a_gpu_the_model_line_says_where_tf32_is_on(tiny_cfg, capsys, tf32, note):
+    train(tiny_cfg("trainer.accelerator=gpu", "trainer.enable_model_summary=true", f"tf32={tf32}",
+                   "trainer.max_epochs=1", "test=false"))
+    assert f"training on cuda in 32-true ({note})" in capsys.readouterr().out
+    set_tf32(None)  # torch's defaults again
