@@ -34,24 +34,26 @@ class NoProfiler(PassThroughProfiler):
 
 def check_trainer_args(args: dict[str, Any]) -> None:
     """The settings Lightning accepts but this project cannot train with, and a GPU asked for
-    where torch sees none (Lightning's own answer is a traceback)."""
-    if args["max_epochs"] != -1:
+    where torch sees none (Lightning's own answer is a traceback). A key removed with ~ takes
+    Lightning's default."""
+    if args.get("max_epochs") not in (None, -1):
         check_int("trainer.max_epochs", args["max_epochs"], WHERE, note=" (or -1: no limit)")
-    if args["gradient_clip_val"] is not None:
+    if args.get("gradient_clip_val") is not None:
         check_number("trainer.gradient_clip_val", args["gradient_clip_val"], WHERE, at_least=0,
                      note=" (0 or null: no clipping)")
-    check_int("trainer.log_every_n_steps", args["log_every_n_steps"], WHERE)
-    interval = args["val_check_interval"]
+    if args.get("log_every_n_steps") is not None:
+        check_int("trainer.log_every_n_steps", args["log_every_n_steps"], WHERE)
+    interval = args.get("val_check_interval")
     if interval is not None and not (isinstance(interval, float) and 0 < interval <= 1):
         check_int("trainer.val_check_interval", interval, WHERE,
                   note=" (batches), a fraction of an epoch in (0, 1], or null")
-    if args["profiler"] not in (None, *PROFILERS):
+    if args.get("profiler") not in (None, *PROFILERS):
         raise CharRNNError(
             f"unknown trainer.profiler {args['profiler']!r}: allowed values are null (none), "
             f"{', '.join(PROFILERS)} (Lightning's profilers; set it on the command line or in "
             f"{WHERE})."
         )
-    if args["accelerator"] in ("gpu", "cuda"):
+    if args.get("accelerator") in ("gpu", "cuda"):
         check_gpu(f"trainer.accelerator={args['accelerator']}",
                   "trainer.accelerator=auto (a GPU when there is one) or cpu")
 
@@ -60,8 +62,9 @@ def build_trainer(cfg: DictConfig, callbacks: list[Callback]) -> L.Trainer:
     """The Trainer of conf/train/trainer/, logging to TensorBoard in the run folder."""
     run_dir = Path(cfg.run_dir)
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)  # checked by prepare()
-    trainer_args.update(precision_arguments(trainer_args["precision"], cfg.trainer.accelerator))
-    trainer_args["profiler"] = trainer_args["profiler"] or NoProfiler()
+    trainer_args.update(precision_arguments(trainer_args.get("precision", "32-true"),
+                                            trainer_args.get("accelerator", "auto")))
+    trainer_args["profiler"] = trainer_args.get("profiler") or NoProfiler()
     # trainer.enable_model_summary: callbacks.ModelLine's one line, not Lightning's table
     trainer_args["enable_model_summary"] = False
     # name="" and version="": event files go straight into the run folder, and a resumed run

@@ -137,8 +137,8 @@ def prepare(cfg: DictConfig) -> tuple[CharDataModule, CharRNNModule, Path | None
     if cfg.ckpt_path is not None:
         resume = resolve_checkpoint(cfg.ckpt_path, "last")
         ckpt = load_checkpoint(resume)
-        done, limit = int(ckpt["epoch"]) + 1, cfg.trainer.max_epochs
-        if limit != -1 and limit < done:
+        done, limit = int(ckpt["epoch"]) + 1, cfg.trainer.get("max_epochs")
+        if limit not in (None, -1) and limit < done:
             raise CharRNNError(
                 f"checkpoint {resume} holds the end of epoch {done}, beyond trainer.max_epochs="
                 f"{limit}. To train on, raise the limit: `python train.py ckpt_path="
@@ -168,7 +168,7 @@ def build_callbacks(cfg: DictConfig, dm: CharDataModule) -> RunCallbacks:
     # The progress display comes after GradientMonitor: it shows the losses that one has read.
     others = [samples, GradientMonitor(**cfg.gradients), VanishingMonitor(**cfg.vanishing),
               ProgressLines()]
-    if cfg.trainer.enable_model_summary:  # in place of Lightning's table (build_trainer)
+    if cfg.trainer.get("enable_model_summary", True):  # in place of Lightning's table
         others.insert(0, ModelLine())
     if cfg.search.trial is not None:
         from charrnn.search import TrialReporter  # optuna: only in a search
