@@ -149,5 +149,6 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     sys.argv[1:] = prepare_overrides(sys.argv[1:], text_keys=("prompt",),
-                                     conf_dir=Path(__file__).parent / "conf/generate")
+                                     conf_dir=Path(__file__).parent / "conf/generate",
+                                     additions=False)  # generate.py reads only its own keys
     main()

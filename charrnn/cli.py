@@ -30,20 +30,22 @@ def hydra_quote(text: str) -> str:
 
 
 def prepare_overrides(args: list[str], text_keys: tuple[str, ...],
-                      conf_dir: Path | None = None) -> list[str]:
+                      conf_dir: Path | None = None, additions: bool = True) -> list[str]:
     """The command-line arguments for Hydra, with text values quoted, every override checked.
 
     A prompt is text, in any script: an unquoted value of a key in `text_keys` is quoted for
     Hydra (whose grammar has no room for, say, Cyrillic or a comma in an unquoted value).
     Any other override Hydra cannot parse ends here with the quoted form to use, exit 2; so
     does, given the script's `conf_dir`, a key no config there has or a group option it lacks
-    (Hydra's own answer to a misspelt key suggests adding it with `+`).
+    (Hydra's own answer to a misspelt key suggests adding it with `+`). `additions`: whether a
+    key added with `+key=...` can mean anything to the script (train.py: an argument of the
+    class a section configures); if not, it is checked like any other.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
     prepared, parser = [], OverridesParser.create()
-    known = ConfigKeys(conf_dir) if conf_dir is not None else None
+    known = ConfigKeys(conf_dir, additions) if conf_dir is not None else None
     for arg in args:
         match = OVERRIDE.fullmatch(arg)
         if arg.startswith("-") or match is None:
@@ -73,9 +75,10 @@ def prepare_overrides(args: list[str], text_keys: tuple[str, ...],
 class ConfigKeys:
     """Every key and group option the YAML files of a script's config folder can set."""
 
-    def __init__(self, conf_dir: Path) -> None:
+    def __init__(self, conf_dir: Path, additions: bool = True) -> None:
         from omegaconf import OmegaConf
 
+        self.additions = additions
         self.shown = Path(conf_dir.parent.name, conf_dir.name)  # conf/train, as in the docs
         self.groups = {d.name: sorted(f.stem for f in d.glob("*.yaml"))
                        for d in conf_dir.iterdir() if d.is_dir()}
@@ -115,7 +118,8 @@ class ConfigKeys:
                         f"{', '.join(options)} (the files in {self.shown / key})."
                     )
             return
-        if override.type in (OverrideType.ADD, OverrideType.FORCE_ADD) or key in self.keys:
+        added = override.type in (OverrideType.ADD, OverrideType.FORCE_ADD)
+        if key in self.keys or (added and self.additions):
             return  # `+key=...` adds a key on purpose
         raise CharRNNError(f"unknown config key {key!r}: {self._hint(key)}")
 

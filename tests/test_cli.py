@@ -54,10 +54,12 @@ def test_an_override_hydra_cannot_read_is_a_clear_error(capsys):
                          "conf/train/model)"),
     (CONF, "experiment=cells,hidden", "unknown experiment=hidden"),
     (GENERATE_CONF, "tempreature=0.5", "Did you mean temperature?"),
+    (GENERATE_CONF, "+tempreature=0.5", "Did you mean temperature?"),  # nothing reads it
 ])
 def test_a_key_or_option_no_config_has_is_named_with_the_nearest(conf, arg, says, capsys):
     with pytest.raises(SystemExit) as exit_:
-        prepare_overrides([arg], text_keys=("prompt",), conf_dir=Path(conf))
+        prepare_overrides([arg], text_keys=("prompt",), conf_dir=Path(conf),
+                          additions=conf == CONF)
     assert exit_.value.code == 2
     assert says in capsys.readouterr().err
 
