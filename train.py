@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from charrnn.checkpoints import register_resolvers, run_folder_of
 from charrnn.cli import fail, prepare_overrides
+from charrnn.training import train  # before Hydra's logging: Lightning keeps its plain lines
 
 register_resolvers()
 
@@ -30,9 +31,6 @@ def resume_config(cfg: DictConfig) -> DictConfig:
 
 @hydra.main(version_base="1.3", config_path="conf/train", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    # Imported here: Lightning takes seconds to import, and the command line is checked first.
-    from charrnn.training import train
-
     run_dir = Path(cfg.run_dir)  # Hydra's output folder unless run_dir is set
     try:
         if cfg.ckpt_path is not None:

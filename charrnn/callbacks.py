@@ -33,33 +33,32 @@ def _sync(pl_module: L.LightningModule) -> None:
         torch.cuda.synchronize(pl_module.device)
 
 
-class ModelLine(Callback):
-    """One line on the model when fitting starts, in place of Lightning's parameter table (one
-    row for a model of one module, and a FLOPs column that reads 0 without an example input):
-    its settings, size, device and precision."""
+# The settings that shape a model, recurrent or not (a Transformer always learns its input
+# embedding), for model_line.
+SHAPING = {True: ("cell", "hidden_size", "num_layers", "input", "embedding_dim"),
+           False: ("cell", "hidden_size", "num_layers", "num_heads", "context_length")}
 
-    # The settings that shape the model (a Transformer always learns its input embedding).
-    SHOWN = {True: ("cell", "hidden_size", "num_layers", "input", "embedding_dim"),
-             False: ("cell", "hidden_size", "num_layers", "num_heads", "context_length")}
 
-    def __init__(self, stream: TextIO | None = None) -> None:
-        self.stream = stream or sys.stdout
-
-    @rank_zero_only
-    def on_fit_start(self, trainer, pl_module) -> None:
-        model = pl_module.model
-        chosen = pl_module.hparams["model"]
-        settings = {**model_settings(chosen), "cell": chosen.get("cell", "rnn")}
-        shown = " ".join(f"{k}={settings[k]}" for k in self.SHOWN[model.recurrent]
-                         if settings.get(k) is not None)
-        count = sum(p.numel() for p in model.parameters())
-        size = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
-        precision = trainer.precision
-        if pl_module.device.type == "cuda" and precision == "32-true":
-            precision += f" ({tf32_note()})"
-        print(f"model: {type(model).__name__} ({shown}), {len(pl_module.hparams['vocab'])} "
-              f"characters, {count:,} parameters ({size:.1f} MiB); training on "
-              f"{pl_module.device.type} in {precision}", file=self.stream, flush=True)
+@rank_zero_only
+def print_model_line(trainer: L.Trainer, pl_module: L.LightningModule,
+                     stream: TextIO | None = None) -> None:
+    """One line on the model before fitting, in place of Lightning's parameter table (one row
+    for a model of one module, and a FLOPs column that reads 0 without an example input): its
+    settings, size, device and precision. Not a callback: one more callback costs every step
+    a call of each of its hooks."""
+    model = pl_module.model
+    chosen = pl_module.hparams["model"]
+    settings = {**model_settings(chosen), "cell": chosen.get("cell", "rnn")}
+    shown = " ".join(f"{k}={settings[k]}" for k in SHAPING[model.recurrent]
+                     if settings.get(k) is not None)
+    count = sum(p.numel() for p in model.parameters())
+    size = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    device, precision = trainer.strategy.root_device.type, trainer.precision
+    if device == "cuda" and precision == "32-true":
+        precision += f" ({tf32_note()})"
+    print(f"model: {type(model).__name__} ({shown}), {len(pl_module.hparams['vocab'])} "
+          f"characters, {count:,} parameters ({size:.1f} MiB); training on {device} in "
+          f"{precision}", file=stream or sys.stdout, flush=True)
 
 
 class SpeedMonitor(Callback):

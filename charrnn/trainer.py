@@ -65,7 +65,7 @@ def build_trainer(cfg: DictConfig, callbacks: list[Callback]) -> L.Trainer:
     trainer_args.update(precision_arguments(trainer_args.get("precision", "32-true"),
                                             trainer_args.get("accelerator", "auto")))
     trainer_args["profiler"] = trainer_args.get("profiler") or NoProfiler()
-    # trainer.enable_model_summary: callbacks.ModelLine's one line, not Lightning's table
+    # trainer.enable_model_summary: callbacks.print_model_line's one line, not Lightning's table
     trainer_args["enable_model_summary"] = False
     # name="" and version="": event files go straight into the run folder, and a resumed run
     # appends to the same folder instead of starting version_1. max_queue: GradientMonitor

@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from charrnn.callbacks import ModelLine, ProgressLines, SampleText, SpeedMonitor
+from charrnn.callbacks import ProgressLines, SampleText, SpeedMonitor, print_model_line
 from charrnn.checkpoints import (
     CHECKPOINT_DIR,
     ERROR_FILE,
@@ -168,8 +168,6 @@ def build_callbacks(cfg: DictConfig, dm: CharDataModule) -> RunCallbacks:
     # The progress display comes after GradientMonitor: it shows the losses that one has read.
     others = [samples, GradientMonitor(**cfg.gradients), VanishingMonitor(**cfg.vanishing),
               ProgressLines()]
-    if cfg.trainer.get("enable_model_summary", True):  # in place of Lightning's table
-        others.insert(0, ModelLine())
     if cfg.search.trial is not None:
         from charrnn.search import TrialReporter  # optuna: only in a search
 
@@ -289,6 +287,8 @@ def train(cfg: DictConfig, first_callbacks: tuple[Callback, ...] = ()) -> dict[s
     run_dir.mkdir(parents=True, exist_ok=True)
     # .hydra/config.yaml keeps ${hydra:...} unresolved; this copy can be read back anywhere.
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if cfg.trainer.get("enable_model_summary", True):  # in place of Lightning's table
+        print_model_line(trainer, module)
     fit(trainer, module, dm, resume, callbacks)
     metrics = test_and_write_metrics(cfg, trainer, module, dm, callbacks, resume,
                                      time.perf_counter() - start)

@@ -268,6 +268,8 @@ def test_cli_names_the_run_folder_it_wrote(corpus, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "elsewhere" / "metrics.json").is_file()
     assert "run folder: elsewhere\n" in result.stdout
+    # Lightning's lines once, plain (imported after Hydra's logging, it also logs through it)
+    assert (result.stdout + result.stderr).count("GPU available") == 1
 
 
 @pytest.mark.parametrize(
