@@ -12,7 +12,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from charrnn.checkpoints import METRICS_FILE, register_resolvers, resolve_checkpoint, run_folder_of
-from charrnn.cli import fail, multirun, newest_run, prepare_overrides
+from charrnn.cli import ENTRY_POINTS, fail, multirun, newest_run, prepare_overrides
 from charrnn.dynamic import check_dynamic_args
 from charrnn.errors import CharRNNError, check_int
 from charrnn.model import CharModel
@@ -148,7 +148,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = prepare_overrides(sys.argv[1:], text_keys=("prompt",),
-                                     conf_dir=Path(__file__).parent / "conf/generate",
-                                     additions=False)  # generate.py reads only its own keys
+    sys.argv[1:] = prepare_overrides(sys.argv[1:], **ENTRY_POINTS["generate.py"])
     main()

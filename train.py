@@ -9,7 +9,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from charrnn.checkpoints import register_resolvers, run_folder_of
-from charrnn.cli import fail, prepare_overrides
+from charrnn.cli import ENTRY_POINTS, fail, prepare_overrides
 from charrnn.training import train  # before Hydra's logging: Lightning keeps its plain lines
 
 register_resolvers()
@@ -57,6 +57,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = prepare_overrides(sys.argv[1:], text_keys=("samples.prompt",),
-                                     conf_dir=Path(__file__).parent / "conf/train")
+    sys.argv[1:] = prepare_overrides(sys.argv[1:], **ENTRY_POINTS["train.py"])
     main()

@@ -15,6 +15,13 @@ from hydra.types import RunMode
 from charrnn.checkpoints import BEST, CHECKPOINT_DIR, record_failure
 from charrnn.errors import CharRNNError
 
+CONF = Path(__file__).resolve().parents[1] / "conf"
+# Each entry point's command line, for prepare_overrides: its configs, the keys whose values are
+# text, and whether a key added with `+` can mean anything to it.
+ENTRY_POINTS = {
+    "train.py": {"conf_dir": CONF / "train", "text_keys": ("samples.prompt",), "additions": True},
+    "generate.py": {"conf_dir": CONF / "generate", "text_keys": ("prompt",), "additions": False},
+}
 OVERRIDE = re.compile(r"(?P<prefix>\+{0,2}|~)(?P<key>[\w.@/-]+)=(?P<value>.*)", re.DOTALL)
 
 

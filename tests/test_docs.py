@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import shlex
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -15,12 +14,11 @@ from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSw
 from omegaconf import OmegaConf
 
 from charrnn.checkpoints import register_resolvers
-from charrnn.cli import prepare_overrides
+from charrnn.cli import ENTRY_POINTS, prepare_overrides
 from tests.conftest import CONF, GENERATE_CONF, ROOT, run_script
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-SCRIPTS = {"train.py": (CONF, "train", ("samples.prompt",)),
-           "generate.py": (GENERATE_CONF, "generate", ("prompt",))}
+SCRIPTS = {"train.py": (CONF, "train"), "generate.py": (GENERATE_CONF, "generate")}
 FENCED = re.compile(r"^\s*python (train|generate)\.py\b")
 INLINE = re.compile(r"`(python (?:train|generate)\.py\b[^`]*)`")
 KEY = re.compile(r"`((?:hydra\.)?[a-z_]+(?:\.[a-z_]+)+)(?:=[^`]*)?`")
@@ -70,9 +68,9 @@ def compose_command(command: str):
     """The config a documented command composes to (sweeps: their first job)."""
     tokens = shlex.split(re.sub(r"<[^>]*>", "x", command), comments=True)
     assert tokens[:1] == ["python"] and tokens[1] in SCRIPTS, command
-    config_dir, name, text_keys = SCRIPTS[tokens[1]]
+    config_dir, name = SCRIPTS[tokens[1]]
     args = [t for t in tokens[2:] if not t.startswith(("-", "[")) and t != "..."]
-    overrides = [_one_value(o) for o in prepare_overrides(args, text_keys, Path(config_dir))]
+    overrides = [_one_value(o) for o in prepare_overrides(args, **ENTRY_POINTS[tokens[1]])]
     register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
