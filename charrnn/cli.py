@@ -62,7 +62,7 @@ def prepare_overrides(args: list[str], text_keys: tuple[str, ...],
         if match["key"] in text_keys and not value.startswith(("'", '"')):
             arg = f"{match['prefix']}{match['key']}={hydra_quote(value)}"
         try:
-            parser.parse_override(arg)
+            parsed = parser.parse_override(arg)
         except HydraException as err:  # the parser's errors, a lexer's among them
             reason = str(err).strip().splitlines()[0]
             fail(CharRNNError(
@@ -72,7 +72,7 @@ def prepare_overrides(args: list[str], text_keys: tuple[str, ...],
             ))
         if known is not None:
             try:
-                known.check(parser.parse_override(arg))
+                known.check(parsed)
             except CharRNNError as err:
                 fail(err)
         prepared.append(arg)
