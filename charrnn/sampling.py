@@ -20,7 +20,8 @@ from charrnn.vocab import CharVocab
 def check_device(device: str) -> None:
     """Raise a CharRNNError unless `device` names a device torch can use here."""
     try:
-        kind, index = torch.device(device).type, torch.device(device).index
+        parsed = torch.device(device)
+        kind, index = parsed.type, parsed.index
     except (RuntimeError, TypeError):
         kind = index = None
     if kind not in ("cpu", "cuda"):
