@@ -11,13 +11,19 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from charrnn.checkpoints import METRICS_FILE, register_resolvers, resolve_checkpoint, run_folder_of
 from charrnn.cli import ENTRY_POINTS, fail, multirun, newest_run, prepare_overrides
-from charrnn.dynamic import check_dynamic_args
+from charrnn.data.vocab import CharVocab, read_text
 from charrnn.errors import CharRNNError, check_int
-from charrnn.model import CharModel
-from charrnn.sampling import load_model, sample_metrics, sample_text, score_text
-from charrnn.vocab import CharVocab, read_text
+from charrnn.generation.dynamic import check_dynamic_args
+from charrnn.generation.loading import load_model
+from charrnn.generation.sampling import sample_metrics, sample_text, score_text
+from charrnn.models.registry import CharModel
+from charrnn.training.run_folder import (
+    METRICS_FILE,
+    register_resolvers,
+    resolve_checkpoint,
+    run_folder_of,
+)
 
 register_resolvers()
 
@@ -88,7 +94,7 @@ def score(cfg: DictConfig, ckpt: Path, model: CharModel, vocab: CharVocab, strea
             "checkpoint's own run), one of the two."
         )
     if cfg.split is not None:
-        from charrnn.data import split_text  # imports Lightning: only when a split is scored
+        from charrnn.data.corpus import split_text  # imports Lightning: only when a split is scored
 
         run_dir = run_folder_of(ckpt)
         if run_dir is None:

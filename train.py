@@ -8,9 +8,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from charrnn.checkpoints import register_resolvers, run_folder_of
 from charrnn.cli import ENTRY_POINTS, fail, prepare_overrides
-from charrnn.training import train  # before Hydra's logging: Lightning keeps its plain lines
+from charrnn.training.run import train  # before Hydra's logging: Lightning keeps its plain lines
+from charrnn.training.run_folder import register_resolvers, run_folder_of
 
 register_resolvers()
 
@@ -29,6 +29,15 @@ def resume_config(cfg: DictConfig) -> DictConfig:
     return hydra.compose(config_name="train", overrides=overrides)
 
 
+def search_callbacks(cfg: DictConfig) -> tuple:
+    """In a search trial's job: the callback that reports to its study (docs/search.md)."""
+    if cfg.search.trial is None:
+        return ()
+    from charrnn.studies.search import TrialReporter  # optuna: only in a search
+
+    return (TrialReporter(**cfg.search),)
+
+
 @hydra.main(version_base="1.3", config_path="conf/train", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     run_dir = Path(cfg.run_dir)  # Hydra's output folder unless run_dir is set
@@ -38,7 +47,7 @@ def main(cfg: DictConfig) -> float | None:
             cfg = resume_config(cfg)
         if cfg.data.path is not None:
             cfg.data.path = to_absolute_path(cfg.data.path)
-        metrics = train(cfg)
+        metrics = train(cfg, last_callbacks=search_callbacks(cfg))
     except KeyboardInterrupt as err:  # Ctrl-C: say what is kept; the shell's status for SIGINT
         print(f"\n{err or 'interrupted.'}", file=sys.stderr)
         sys.exit(130)

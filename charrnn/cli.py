@@ -4,6 +4,7 @@ finding runs (no Lightning import: generate.py starts fast)."""
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 import sys
 import traceback
@@ -12,8 +13,8 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from charrnn.checkpoints import BEST, CHECKPOINT_DIR, record_failure
 from charrnn.errors import CharRNNError
+from charrnn.training.run_folder import BEST, CHECKPOINT_DIR, record_failure
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # Each entry point's command line, for prepare_overrides: its configs, the keys whose values are
@@ -52,7 +53,7 @@ def prepare_overrides(args: list[str], text_keys: tuple[str, ...],
     from hydra.errors import HydraException
 
     prepared, parser = [], OverridesParser.create()
-    known = ConfigKeys(conf_dir, additions) if conf_dir is not None else None
+    known = config_keys(conf_dir, additions) if conf_dir is not None else None
     for arg in args:
         match = OVERRIDE.fullmatch(arg)
         if arg.startswith("-") or match is None:
@@ -77,6 +78,12 @@ def prepare_overrides(args: list[str], text_keys: tuple[str, ...],
                 fail(err)
         prepared.append(arg)
     return prepared
+
+
+@functools.lru_cache
+def config_keys(conf_dir: Path, additions: bool) -> ConfigKeys:
+    """ConfigKeys, read once per process (the docs test checks a hundred command lines)."""
+    return ConfigKeys(conf_dir, additions)
 
 
 class ConfigKeys:

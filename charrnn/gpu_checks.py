@@ -42,9 +42,9 @@ from pathlib import Path
 import torch
 
 from charrnn.bench import ROOT, resolve_device
-from charrnn.checkpoints import train_config
-from charrnn.data import download_tinyshakespeare
+from charrnn.data.corpus import download_tinyshakespeare
 from charrnn.errors import CharRNNError
+from charrnn.training.run_folder import train_config
 
 JSON_FILE, LOG_FILE = "gpu_checks.json", "gpu_checks.log"
 NAMES = ("train", "gpu_tests", "profile", "tf32", "cudnn", "overhead", "batch_size",

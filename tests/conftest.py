@@ -13,7 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from charrnn.checkpoints import register_resolvers
+from charrnn.training.run_folder import register_resolvers
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf" / "train")  # train.py's configs
@@ -32,7 +32,7 @@ TINY = [
 
 # The search tests need the `search` extra (optuna; in `.[dev]`): without it, as on a machine
 # set up for training alone, they are not collected instead of failing the whole run.
-collect_ignore = [] if importlib.util.find_spec("optuna") else ["test_search.py"]
+collect_ignore = [] if importlib.util.find_spec("optuna") else ["studies/test_search.py"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -15,7 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from charrnn.cli import hydra_quote, prepare_overrides
-from charrnn.training import train
+from charrnn.training.run import train
 from tests.conftest import CONF, GENERATE_CONF, ROOT, TINY, compose_train, run_script
 
 TEXTS = ["Привет", "ROMEO:", "it's", "a\\b", "ends with \\", "a,b", "x=y", "(oh)", "'quoted'",

@@ -13,8 +13,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
 from omegaconf import OmegaConf
 
-from charrnn.checkpoints import register_resolvers
 from charrnn.cli import ENTRY_POINTS, prepare_overrides
+from charrnn.training.run_folder import register_resolvers
 from tests.conftest import CONF, GENERATE_CONF, ROOT, run_script
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -215,3 +215,53 @@ def test_help_names_the_docs_and_its_examples_compose(script):
     assert len(examples) >= 3, result.stdout
     for command in examples:
         compose_command(command)
+
+
+PATH = r"(?<![\w.>/-])((?:[a-z_][\w-]*/)+(?:[a-z_][\w-]*\.py)?|[a-z_][\w-]*\.py)"  # a/b/, a/b.py
+
+
+def test_layout_names_paths_that_exist():
+    """Every file and folder README's Layout block names exists (a name after the first on a
+    line may be inside the line's folder: `registry.py` in charrnn/models/)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"### Layout\n.*?```\n(.*?)```", readme, re.S)[1]
+    missing, named = [], 0
+    for line in block.splitlines():
+        paths = re.findall(PATH, line)
+        folder = ROOT / paths[0] if paths and paths[0].endswith("/") else ROOT
+        named += len(paths)
+        missing += [p for p in paths if not (ROOT / p).exists() and not (folder / p).exists()]
+    assert named >= 15 and missing == []
+
+
+def test_modules_named_in_the_docs_exist():
+    """`python -m charrnn.x` and every dotted `charrnn.x.y` in the docs and conf/'s comments
+    name a module, or an object in one, that exists."""
+    import importlib
+
+    texts = [*DOCS, *sorted((ROOT / "conf").rglob("*.yaml"))]
+    stale, seen = [], set()
+    for doc in texts:
+        for name in re.findall(r"\bcharrnn(?:\.[A-Za-z_]\w*)+", doc.read_text(encoding="utf-8")):
+            seen.add(name)
+            parts = name.split(".")
+            for i in range(len(parts), 0, -1):  # the longest prefix that is a module
+                try:
+                    obj = importlib.import_module(".".join(parts[:i]))
+                    break
+                except ModuleNotFoundError:
+                    continue
+            for attr in parts[i:]:
+                obj = getattr(obj, attr, None)
+            if obj is None:
+                stale.append(f"{doc.relative_to(ROOT)}: {name}")
+    assert len(seen) > 10 and stale == []
+
+
+def test_source_paths_named_in_the_docs_exist():
+    """`charrnn/...` and `tests/...` paths in the docs name files and folders that exist."""
+    named = {p for doc in DOCS
+             for p in re.findall(r"\b(?:charrnn|tests)/[\w/]*\w(?:\.py)?/?",
+                                 doc.read_text(encoding="utf-8"))}
+    assert len(named) > 5
+    assert sorted(p for p in named if not (ROOT / p).exists()) == []

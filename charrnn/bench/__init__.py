@@ -14,7 +14,7 @@ process of their own, which also gives each its own peak memory (max RSS).
 train:  (a) a plain PyTorch loop of the default recipe, the baseline (loops.PlainLoop);
         (b) the project's real Lightning path with the same configuration, as a user runs it
             (progress display, per-step logging, gradient norms, diagnostics at defaults; on a
-            CPU the fused RNN kernel of charrnn.recurrence, model.kernel=auto);
+            CPU the fused RNN kernel of charrnn.models.recurrence, model.kernel=auto);
         (bt) (b) with model.kernel=torch, i.e. nn.RNN's own forward as in (a): bt / a is what
             Lightning, logging and diagnostics cost, like for like;
         (b0) (b) with the vanishing-gradient diagnostic off (its cost: b / b0);
@@ -36,7 +36,7 @@ cudnn:  nn.RNN's forward + backward (cuDNN on a GPU) with one-hot input or an em
 profile: torch.profiler over 20 training steps of train.py's path at the default size, after 20
         of warm-up: the costliest operations, milliseconds per step, synchronising calls and
         host-to-device copies from pageable memory per step, and how busy the GPU was
-        (charrnn.profiling).
+        (charrnn.training.profiling).
 corpus: encoding time and peak memory of the memory-mapped corpus cache at growing sizes
         (not in the default set: it writes a few hundred MB to a temporary folder).
 

@@ -13,7 +13,7 @@ from charrnn.bench.measure import bench_corpus_text, peak_rss_mb, quiet, run_wor
 
 def corpus_encode(corpus: Path, cache_dir: Path) -> dict[str, float]:
     """Build the memory-mapped cache of `corpus` (from scratch): seconds and peak memory."""
-    from charrnn.cache import cached_corpus
+    from charrnn.data.cache import cached_corpus
 
     start = time.perf_counter()
     _, data = cached_corpus(corpus, cache_dir)
@@ -23,8 +23,8 @@ def corpus_encode(corpus: Path, cache_dir: Path) -> dict[str, float]:
 
 def corpus_train(corpus: Path, cache_dir: Path, hidden_size: int, steps: int) -> dict[str, float]:
     """A few training steps (and a little validation and test) from the cached corpus."""
-    from charrnn.checkpoints import train_config
-    from charrnn.training import train
+    from charrnn.training.run import train
+    from charrnn.training.run_folder import train_config
 
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = train_config([

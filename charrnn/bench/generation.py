@@ -11,8 +11,9 @@ from pathlib import Path
 import torch
 
 from charrnn.bench.measure import ROOT, median_time
-from charrnn.model import build_model
-from charrnn.sampling import load_model, sample_text
+from charrnn.generation.loading import load_model
+from charrnn.generation.sampling import sample_text
+from charrnn.models.registry import build_model
 
 
 def write_random_checkpoint(path: Path, vocab: str, hidden_size: int,

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from charrnn.bench.measure import BATCH, SEQ_LENGTH, median_time, synchronize
-from charrnn.model import CharRNN
+from charrnn.models.registry import CharRNN
 
 
 def bench_kernel(args: argparse.Namespace, tmp: Path) -> dict[str, float]:

@@ -25,9 +25,9 @@ from charrnn.bench.measure import (
     run_worker,
     synchronize,
 )
-from charrnn.checkpoints import train_config
-from charrnn.model import CharRNN
-from charrnn.module import FUSED_ADAM_DEVICES
+from charrnn.models.registry import CharRNN
+from charrnn.training.module import FUSED_ADAM_DEVICES
+from charrnn.training.run_folder import train_config
 
 OVERHEAD_HIDDEN = 16  # --only overhead: a model whose computing costs little
 PROFILE_START, PROFILE_STEPS = 20, 20  # --only profile: warm-up steps, then profiled steps
@@ -43,7 +43,7 @@ class PlainLoop:
 
     def __init__(self, corpus: Path, hidden_size: int, steps: int, precision: str,
                  device: str = "cpu", model: str = "nn.RNN") -> None:
-        from charrnn.vocab import CharVocab, read_text
+        from charrnn.data.vocab import CharVocab, read_text
 
         text = read_text(corpus)
         vocab = CharVocab.from_text(text)
@@ -120,8 +120,8 @@ def lightning_path(corpus: Path, hidden_size: int, steps: int, repeats: int,
                    plain: PlainLoop | None = None) -> dict[str, float]:
     """(b)/(c): train.py's real path for repeats + 1 short epochs; the first is the warm-up.
     With `plain`, each epoch is paired with a block of that plain loop (PlainBlocks)."""
-    from charrnn.report import read_scalars
-    from charrnn.training import train
+    from charrnn.studies.report import read_scalars
+    from charrnn.training.run import train
 
     blocks = PlainBlocks(plain) if plain else None
     with tempfile.TemporaryDirectory() as run_dir:
@@ -152,8 +152,8 @@ def lightning_bare(corpus: Path, hidden_size: int, steps: int, repeats: int,
     lightning_path."""
     import lightning as L
 
-    from charrnn.callbacks import SpeedMonitor
-    from charrnn.training import prepare
+    from charrnn.training.callbacks import SpeedMonitor
+    from charrnn.training.run import prepare
 
     blocks = PlainBlocks(plain) if plain else None
     with tempfile.TemporaryDirectory() as run_dir:
@@ -285,10 +285,10 @@ def bench_overhead(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
 
 
 def bench_profile(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
-    """torch.profiler over training steps of train.py's path (charrnn.profiling); its table of
-    the costliest operations is printed."""
-    from charrnn.profiling import StepProfile
-    from charrnn.training import train
+    """torch.profiler over training steps of train.py's path (charrnn.training.profiling); its
+    table of the costliest operations is printed."""
+    from charrnn.training.profiling import StepProfile
+    from charrnn.training.run import train
 
     corpus = args.corpus or bench_corpus_text(tmp, args.tiny)
     start, steps = (2, 3) if args.tiny else (PROFILE_START, PROFILE_STEPS)

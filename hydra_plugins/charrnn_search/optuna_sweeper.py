@@ -1,7 +1,7 @@
 """Hydra sweeper for `python train.py -m hparams_search=<name>`: an Optuna study that prunes.
 
 Hydra finds sweepers in the hydra_plugins package only; the study, its trials and their
-reporting live in charrnn.search. hydra-optuna-sweeper cannot prune (its jobs have no trial
+reporting live in charrnn.studies.search. hydra-optuna-sweeper cannot prune (its jobs have no trial
 object) and pins optuna<3, hence this one (docs/search.md).
 """
 
@@ -92,7 +92,7 @@ class OptunaSearchSweeper(Sweeper):
     def _search(self, arguments: list) -> list:
         import optuna
 
-        from charrnn import search
+        from charrnn.studies import search
 
         # Sweep syntax on the command line joins the space; a plain override is a fixed
         # setting, and takes its key out of the space.
