@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from charrnn.cli import ENTRY_POINTS, fail, multirun, newest_run, prepare_overrides
 from charrnn.data.vocab import CharVocab, read_text
-from charrnn.errors import CharRNNError, check_int
+from charrnn.errors import CharRNNError, check_int, os_error_reason, unwritable_reason
 from charrnn.generation.dynamic import check_dynamic_args
 from charrnn.generation.loading import load_model
 from charrnn.generation.sampling import sample_metrics, sample_text, score_text
@@ -44,11 +44,8 @@ def generate(cfg: DictConfig, stream=sys.stdout) -> list[str] | dict:
         raise CharRNNError(f"mode must be sample or score, got {cfg.mode!r}.")
     check_int("seed", cfg.seed, "conf/generate/generate.yaml", minimum=0)
     output = Path(to_absolute_path(cfg.output)) if cfg.output is not None else None
-    if output is not None and not output.parent.is_dir():
-        raise CharRNNError(
-            f"output={cfg.output}: the folder {output.parent} does not exist. Create it, or set "
-            "output to a file in an existing folder."
-        )
+    if output is not None:
+        check_output(output, cfg.output)
     ckpt = resolve_checkpoint(to_absolute_path(cfg.ckpt_path), "best")
     model, vocab = load_model(ckpt, cfg.device)
     if cfg.mode == "score":
@@ -78,10 +75,30 @@ def generate(cfg: DictConfig, stream=sys.stdout) -> list[str] | dict:
             stream.write(f"--- sample {i}/{len(texts)} ---\n{text}\n")
     combined = "\n\n".join(texts) + "\n"
     if output is not None:
-        output.write_text(combined, encoding="utf-8")
+        try:
+            output.write_text(combined, encoding="utf-8")
+        except OSError as err:  # a full disk, say: the text is on the screen
+            raise CharRNNError(f"output={cfg.output}: writing {output} failed "
+                               f"({os_error_reason(err)}); the text is above.") from None
     if multirun():
         keep_job(cfg, sample_metrics(model, vocab, samples), sample=combined)
     return texts
+
+
+def check_output(output: Path, given: str) -> None:
+    """Refuse an `output` file that cannot be written, before anything is generated."""
+    if output.is_dir():
+        raise CharRNNError(f"output={given} is a folder. Set output to a file, e.g. "
+                           f"`output={Path(given) / 'sample.txt'}`.")
+    reason = unwritable_reason(output.parent)
+    if reason is not None:
+        raise CharRNNError(f"output={given}: cannot write {output}: {reason}. Set output to a "
+                           "file in a folder you can write.")
+    if not output.parent.is_dir():
+        raise CharRNNError(
+            f"output={given}: the folder {output.parent} does not exist. Create it, or set "
+            "output to a file in an existing folder."
+        )
 
 
 def score(cfg: DictConfig, ckpt: Path, model: CharModel, vocab: CharVocab, stream) -> dict:

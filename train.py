@@ -49,6 +49,8 @@ def main(cfg: DictConfig) -> float | None:
             cfg.data.path = to_absolute_path(cfg.data.path)
         metrics = train(cfg, last_callbacks=search_callbacks(cfg))
     except KeyboardInterrupt as err:  # Ctrl-C: say what is kept; the shell's status for SIGINT
+        if cfg.search.trial is not None:
+            raise  # the search's sweeper says how to continue the whole search
         print(f"\n{err or 'interrupted.'}", file=sys.stderr)
         sys.exit(130)
     except Exception as err:

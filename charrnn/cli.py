@@ -9,11 +9,14 @@ import re
 import sys
 import traceback
 from pathlib import Path
+from typing import NoReturn
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
-from charrnn.errors import CharRNNError
+from charrnn.errors import CharRNNError, folder_error, unwritable_reason
 from charrnn.training.run_folder import BEST, CHECKPOINT_DIR, record_failure
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -175,6 +178,46 @@ def fail(err: Exception, run_dir: Path | None = None) -> None:
     print(f"\nerror: {err}", file=sys.stderr)
     if not in_sweep:
         sys.exit(2)
+
+
+def refuse(err: CharRNNError) -> NoReturn:
+    """A mistake found before anything ran: one paragraph, exit status 2."""
+    print(f"\nerror: {err}", file=sys.stderr)
+    sys.exit(2)
+
+
+class OutputFolderCheck(Callback):
+    """Refuses a run or sweep folder that cannot be written (a file in the way, no permission,
+    a read-only or full disk) before Hydra creates it: one paragraph and exit 2 instead of
+    Hydra's traceback, and nothing written. `run`: whether single runs write a folder
+    (generate.py's do not)."""
+
+    def __init__(self, run: bool = True) -> None:
+        self.run = run
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        if self.run:
+            self._check(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        # A continued search writes into its study's folder, not into hydra.sweep.dir.
+        study_dir = OmegaConf.select(config, "hydra.sweeper.study_dir", default=None)
+        self._check(config, "hydra.sweep.dir" if study_dir is None else "hydra.sweeper.study_dir")
+
+    @staticmethod
+    def _check(config: DictConfig, key: str) -> None:
+        try:
+            folder = OmegaConf.select(config, key)  # the run folder's resolver creates it
+        except Exception as err:  # a CharRNNError raised in the resolver, wrapped by OmegaConf
+            cause = err
+            while cause is not None and not isinstance(cause, CharRNNError):
+                cause = cause.__cause__ or cause.__context__
+            if cause is None:
+                raise
+            refuse(cause)
+        reason = unwritable_reason(Path(str(folder)))
+        if reason is not None:
+            refuse(folder_error(folder, key, reason))
 
 
 def newest_run(outputs: Path) -> Path | None:

@@ -2,9 +2,12 @@
 settings that raise it."""
 
 import difflib
+import errno
 import inspect
 import math
+import os
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 
 class CharRNNError(Exception):
@@ -84,3 +87,38 @@ def check_keys(section: str, target: Callable, keys: Iterable[str],
             f"({listed}).{hint} Remove the key from the command line (+{section}.{unknown[0]}"
             "=...) or from conf/train/."
         )
+
+
+def unwritable_reason(folder: Path) -> str | None:
+    """Why files cannot be written in `folder` (which may not exist yet: it would be created in
+    its nearest existing parent), or None when they can."""
+    path = Path(folder).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        return f"a file is in the way: {existing} is a file, not a folder"
+    stats = os.statvfs(existing)
+    if stats.f_flag & os.ST_RDONLY:
+        return f"{existing} is on a read-only file system"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"no permission to write in {existing}"
+    if stats.f_bavail == 0:
+        return f"the disk holding {existing} is full"
+    return None
+
+
+def os_error_reason(err: OSError) -> str:
+    """What an OSError from creating or writing a file means, in a few words."""
+    reasons = {errno.ENOTDIR: "a file is in the way (a folder on the path is a file)",
+               errno.EEXIST: "a file of that name is in the way",
+               errno.EACCES: "no permission", errno.EPERM: "no permission",
+               errno.ENOSPC: "the disk is full", errno.EROFS: "a read-only file system",
+               errno.EISDIR: "it is a folder"}
+    return reasons.get(err.errno, err.strerror or type(err).__name__)
+
+
+def folder_error(folder: Path | str, key: str, reason: str) -> CharRNNError:
+    """The refusal of a folder a run or sweep cannot write: which, why, and the key to change."""
+    return CharRNNError(
+        f"cannot write into {folder}: {reason}. Nothing was written. Set {key} to a folder you "
+        f"can write (e.g. `{key}=/tmp/charrnn-run`), or run from another folder."
+    )

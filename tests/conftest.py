@@ -45,6 +45,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def hermetic(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test runs in a working directory and a corpus cache of its own, so the user's
+    outputs/, ~/.cache/charrnn and checkout are never read or written: a relative path, "the
+    newest run under outputs/" and the default corpus (data.cache_dir, set by CHARRNN_CACHE)
+    all resolve inside them, in the test's process and in the scripts it starts."""
+    cwd = tmp_path_factory.mktemp("cwd")
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("CHARRNN_CACHE", str(tmp_path_factory.mktemp("cache")))
+    return cwd
+
+
 def make_corpus(path: Path, n_words: int = 600, seed: int = 0) -> Path:
     """A few thousand characters of pseudo-text, with non-ASCII characters in it."""
     rng = random.Random(seed)

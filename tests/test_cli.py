@@ -187,3 +187,69 @@ def test_a_sweep_job_failing_with_any_error_is_recorded_and_the_sweep_goes_on(ti
     (failed,) = [p for p in sweep.iterdir() if (p / "error.txt").is_file()]
     assert failed.name.startswith("0_") and "Error" in (failed / "error.txt").read_text()
     assert os.listdir(tmp_path / "outputs") == ["generate"]
+
+
+def _compose_with_hydra(config_dir: str, name: str, overrides: list[str]):
+    from hydra import compose
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+        return compose(name, overrides=overrides, return_hydra_config=True)
+
+
+@pytest.mark.parametrize(("config", "overrides", "hook", "says"), [
+    ("train", ["hydra.run.dir=afile/run"], "on_run_start",
+     "cannot write into afile/run: a file is in the way: {cwd}/afile is a file, not a folder. "
+     "Nothing was written. Set hydra.run.dir to a folder you can write"),
+    ("train", [], "on_run_start",  # the default, outputs/<date>/<time>, under a file `outputs`
+     "a file is in the way: {cwd}/outputs is a file, not a folder. Nothing was written. "
+     "Set hydra.run.dir"),
+    ("train", ["hydra.sweep.dir=afile/sweep"], "on_multirun_start",
+     "cannot write into afile/sweep: a file is in the way"),
+    ("train", ["hparams_search=rnn", "hydra.sweeper.study_dir=afile/s"], "on_multirun_start",
+     "Set hydra.sweeper.study_dir to a folder you can write"),
+    ("generate", ["hydra.sweep.dir=outputs/x"], "on_multirun_start",
+     "cannot write into outputs/x: a file is in the way: {cwd}/outputs is a file"),
+])
+def test_a_folder_that_cannot_be_written_is_refused_before_hydra_makes_it(
+        config, overrides, hook, says, capsys):
+    """The Hydra callback both scripts run first: one paragraph, exit 2, nothing created."""
+    from charrnn.cli import OutputFolderCheck
+    from charrnn.training.run_folder import register_resolvers
+
+    cwd = Path.cwd()  # the test's own
+    (cwd / "afile").write_text("")
+    (cwd / "outputs").write_text("")
+    register_resolvers()
+    cfg = _compose_with_hydra(CONF if config == "train" else GENERATE_CONF, config, overrides)
+    with pytest.raises(SystemExit) as exit_:
+        getattr(OutputFolderCheck(), hook)(config=cfg)
+    assert exit_.value.code == 2
+    assert says.format(cwd=cwd) in capsys.readouterr().err
+    assert sorted(p.name for p in cwd.iterdir()) == ["afile", "outputs"]
+
+
+def test_a_writable_folder_passes_and_generate_makes_no_run_folder(capsys):
+    from charrnn.cli import OutputFolderCheck
+
+    cfg = _compose_with_hydra(CONF, "train", ["hydra.run.dir=new/run"])
+    OutputFolderCheck().on_run_start(config=cfg)
+    cfg = _compose_with_hydra(GENERATE_CONF, "generate", [])
+    OutputFolderCheck(run=False).on_run_start(config=cfg)
+    assert not list(Path.cwd().iterdir()) and capsys.readouterr().err == ""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("script", "args", "key"), [
+    ("train.py", ["hydra.run.dir=afile/run"], "hydra.run.dir"),
+    ("train.py", ["-m", "hydra.sweep.dir=afile/sweep"], "hydra.sweep.dir"),
+    ("generate.py", ["-m", "hydra.sweep.dir=afile/sweep", "ckpt_path=x"], "hydra.sweep.dir"),
+])
+def test_scripts_refuse_a_folder_under_a_file(corpus, tmp_path, script, args, key):
+    (tmp_path / "afile").write_text("")
+    result = run_script(script, f"data.path={corpus}" if script == "train.py" else "seed=1",
+                        *args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "a file is in the way" in result.stderr and f"Set {key} to" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "corpus.txt"]

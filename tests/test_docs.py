@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -208,7 +209,7 @@ def test_documented_benchmark_groups_and_checks_exist():
 @pytest.mark.slow
 @pytest.mark.parametrize("script", ["train.py", "generate.py"])
 def test_help_names_the_docs_and_its_examples_compose(script):
-    result = run_script(script, "--help", cwd=ROOT)
+    result = run_script(script, "--help", cwd=Path.cwd())
     assert result.returncode == 0 and "docs/configuration.md" in result.stdout
     examples = [re.sub(r"\s+\(.*\)$", "", line.strip()) for line in result.stdout.splitlines()
                 if line.strip().startswith(f"python {script} ") and "[" not in line]

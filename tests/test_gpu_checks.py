@@ -12,7 +12,6 @@ import time
 import pytest
 import torch
 
-from charrnn.bench import ROOT
 from charrnn.gpu_checks import (
     JSON_FILE,
     LOG_FILE,
@@ -39,7 +38,7 @@ def test_a_spent_budget_skips_every_check_and_still_writes_the_report(corpus, tm
     """Through the command line, as a user runs it: nothing ran, nothing failed, exit 0."""
     done = subprocess.run([sys.executable, "-m", "charrnn.gpu_checks", "--corpus", str(corpus),
                            "--out", str(tmp_path), "--budget-s", "0", "--device", "cpu"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((tmp_path / JSON_FILE).read_text())
     assert report["skipped"] == list(CHECKS) and report["checks"] == {}

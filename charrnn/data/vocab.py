@@ -57,6 +57,14 @@ class CharVocab:
 
 
 def missing_corpus_error(path: Path, key: str = "data.path") -> CharRNNError:
+    if path.is_dir():
+        texts = sorted(p.name for p in path.glob("*.txt"))[:3]
+        inside = f" (it holds {', '.join(texts)})" if texts else ""
+        example = path / (texts[0] if texts else "input.txt")
+        return CharRNNError(
+            f"{key}={path} is a folder{inside}, not a text file. Set {key} to a UTF-8 text "
+            f"file, e.g. `{key}={example}`."
+        )
     if key != "data.path":
         return CharRNNError(f"{key}={path}: file not found. Set {key} to an existing UTF-8 "
                             "text file.")

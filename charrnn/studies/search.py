@@ -35,10 +35,12 @@ from charrnn.errors import CharRNNError
 STUDY_FILE = "study.db"
 LOCK_FILE = "study.lock"
 PRUNERS = ("median", "hyperband", "none")
-# A trial whose search was killed stays RUNNING in the study; the next search in the folder
-# marks it failed with this user attribute, and does not count it against n_trials.
+# A trial whose search was stopped stays RUNNING in the study; the next search in the folder
+# marks it failed with this user attribute, does not count it against n_trials, and runs its
+# settings again as a new trial.
 INTERRUPTED = "interrupted"
 PRUNER = "pruner"  # study attribute: the settings of the pruner its trials use
+RERUN_OF = "rerun_of"  # trial attribute: the interrupted trial this one runs again
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweeper prints its own lines
 
@@ -207,11 +209,13 @@ def exclusive(sweep_dir: Path) -> Iterator[None]:
 
 
 def mark_interrupted(study: optuna.Study) -> list[int]:
-    """Trials left RUNNING by a search that was killed: failed, and marked as interrupted."""
+    """Trials left RUNNING by a search that was stopped (Ctrl-C, kill -9): failed, marked as
+    interrupted, and queued to run again with the same settings (the next trial asked for)."""
     numbers = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
         study.tell(trial.number, state=TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={RERUN_OF: trial.number})
         numbers.append(trial.number)
     return numbers
 

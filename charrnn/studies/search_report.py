@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from charrnn.studies.search import INTERRUPTED, STUDY_FILE, open_storage, storage_url
+from charrnn.studies.search import INTERRUPTED, RERUN_OF, STUDY_FILE, open_storage, storage_url
 from charrnn.training.run_folder import train_config
 
 # Settings of a trial's own budget, not of the model it found: left at their defaults in the
@@ -53,7 +53,9 @@ def trial_rows(study) -> list[dict[str, Any]]:
                    if t.datetime_complete and t.datetime_start else None)
         error = t.user_attrs.get("error", "")
         if t.user_attrs.get(INTERRUPTED):
-            error, seconds = "interrupted (the search was stopped while it ran)", None
+            state, error, seconds = "interrupted", "the search was stopped while it ran", None
+        elif RERUN_OF in t.user_attrs:
+            error = error or f"runs interrupted trial {t.user_attrs[RERUN_OF]} again"
         rows.append({
             "trial": t.number, "state": state, **{k: v for k, v in t.params.items()},
             "best_val_ppl": math.exp(best) if best is not None and best < 50 else None,
@@ -62,7 +64,7 @@ def trial_rows(study) -> list[dict[str, Any]]:
             "folder": Path(t.user_attrs.get("job_dir", f"trial-{t.number}")).name,
             "error": error,
         })
-    order = {"complete": 0, "pruned": 1, "running": 2, "failed": 3}
+    order = {"complete": 0, "pruned": 1, "running": 2, "failed": 3, "interrupted": 4}
     return sorted(rows, key=lambda r: (r["best_val_ppl"] is None, order.get(r["state"], 4),
                                        r["best_val_ppl"] or math.inf))
 
@@ -125,6 +127,9 @@ def write_tables(rows: list[dict[str, Any]], params: list[str], sweep_dir: Path,
         writer.writerow(header)
         for r in rows:
             writer.writerow([r.get(c, "") if r.get(c) is not None else "" for c in header])
+    # Trials cut short by a stopped search are not counted: their settings ran again.
+    interrupted = [r for r in rows if r["state"] == "interrupted"]
+    rows = [r for r in rows if r["state"] != "interrupted"]
     counts = {s: sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "failed")}
     lines = [f"# Search in {sweep_dir.name}", "",
              f"{len(rows)} trials: {counts['complete']} complete, {counts['pruned']} pruned, "
@@ -138,6 +143,9 @@ def write_tables(rows: list[dict[str, Any]], params: list[str], sweep_dir: Path,
         cells = [_text(r.get(c)) for c in header]
         cells[-1] = cells[-1].replace("|", "\\|").replace("\n", " ")[:200]
         lines.append("| " + " | ".join(cells) + " |")
+    if interrupted:
+        lines += ["", "Interrupted when the search was stopped, not counted, and run again with "
+                  f"the same settings: trial {', '.join(str(r['trial']) for r in interrupted)}."]
     (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
 
 

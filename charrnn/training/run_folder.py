@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from charrnn.errors import CharRNNError
+from charrnn.errors import CharRNNError, folder_error, os_error_reason, unwritable_reason
 
 # A run folder's layout.
 CHECKPOINT_DIR = "checkpoints"
@@ -66,15 +66,19 @@ def claim_folder(path: str) -> str:
     """
     if path not in _CLAIMED:
         base = Path(path)
-        base.parent.mkdir(parents=True, exist_ok=True)
-        for n in itertools.count(1):
-            folder = base if n == 1 else base.with_name(f"{base.name}-{n}")
-            try:
-                folder.mkdir()
-            except FileExistsError:
-                continue
-            _CLAIMED[path] = str(folder)
-            break
+        try:
+            base.parent.mkdir(parents=True, exist_ok=True)
+            for n in itertools.count(1):
+                folder = base if n == 1 else base.with_name(f"{base.name}-{n}")
+                try:
+                    folder.mkdir()
+                except FileExistsError:
+                    continue
+                _CLAIMED[path] = str(folder)
+                break
+        except OSError as err:  # a file in the way, no permission, a full disk
+            reason = unwritable_reason(base.parent) or os_error_reason(err)
+            raise folder_error(base.parent, "hydra.run.dir", reason) from None
     return _CLAIMED[path]
 
 

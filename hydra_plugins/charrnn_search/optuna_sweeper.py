@@ -7,6 +7,8 @@ object) and pins optuna<3, hence this one (docs/search.md).
 
 # No `from __future__ import annotations`: Hydra's plugin scan runs this module before it is in
 # sys.modules, where dataclasses cannot resolve string annotations.
+import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -88,6 +90,25 @@ class OptunaSearchSweeper(Sweeper):
         except CharRNNError as err:
             print(f"\nerror: {err}", file=sys.stderr)
             sys.exit(2)
+        except KeyboardInterrupt:  # Ctrl-C, in a trial or between trials
+            print(f"\n{self._interrupted()}", file=sys.stderr)
+            sys.exit(130)
+
+    def _interrupted(self) -> str:
+        """What Ctrl-C leaves, and the command that continues the search."""
+        from charrnn.studies.search import STUDY_FILE
+
+        if not (self.sweep_dir / STUDY_FILE).is_file():
+            return "search interrupted before its study was made: nothing to continue."
+        folder = os.path.relpath(self.sweep_dir)
+        folder = str(self.sweep_dir) if folder.startswith("..") else folder
+        # The command as typed, its sweep folder now the study's.
+        kept = [a for a in sys.argv[1:] if not a.lstrip("+").startswith(
+            ("hydra.sweeper.study_dir=", "hydra.sweep.dir="))]
+        command = shlex.join(["python", sys.argv[0], *kept, f"hydra.sweeper.study_dir={folder}"])
+        return (f"search interrupted. The study in {folder} keeps every finished trial; the one "
+                f"that was running is run again from its start when the search continues:\n"
+                f"  {command}")
 
     def _search(self, arguments: list) -> list:
         import optuna
@@ -123,7 +144,8 @@ class OptunaSearchSweeper(Sweeper):
                 n_startup_trials=self.n_startup_trials)
             lost = search.mark_interrupted(study)
             if lost:
-                print(f"search: trials {lost} were interrupted; marked failed, not counted")
+                print(f"search: trials {lost} were interrupted; marked failed and not counted, "
+                      "each runs again with its settings")
             return self._run(study, space, fixed, search)
 
     def _run(self, study, space, fixed: list, search) -> list:

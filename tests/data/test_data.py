@@ -149,3 +149,36 @@ def test_default_corpus_is_downloaded_checked_and_cached(tmp_path, monkeypatch):
     with pytest.raises(CharRNNError, match="could not download Tiny Shakespeare"):
         bad.prepare_data()
     assert not any((tmp_path / "other").iterdir())  # nothing that looks complete is left
+
+
+def test_the_default_corpus_is_the_one_in_the_cache():
+    """data.path=null reads tinyshakespeare.txt from data.cache_dir, which the tests point at a
+    folder of their own (CHARRNN_CACHE): a corpus in the user's ~/.cache/charrnn is not read."""
+    import os
+
+    from tests.conftest import compose_train, make_corpus
+
+    cached = make_corpus(Path(os.environ["CHARRNN_CACHE"]) / "tinyshakespeare.txt", seed=5)
+    cfg = compose_train(["data.path=null", "data.seq_length=16"])
+    dm = CharDataModule(**cfg.data)
+    dm.prepare_data()  # finds it: no download
+    dm.setup()
+    assert dm.corpus_path == cached
+    assert dm.vocab == CharVocab.from_text(cached.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("key", ["data.path", "prompt_file", "text_path"])
+def test_a_folder_given_as_a_text_file_is_named_a_folder(tmp_path, key):
+    (tmp_path / "input.txt").write_text("some text")
+    with pytest.raises(CharRNNError, match=(
+            f"{key}={tmp_path} is a folder \\(it holds input.txt\\), not a text file. Set {key} "
+            f"to a UTF-8 text file, e.g. `{key}={tmp_path}/input.txt`")):
+        read_text(tmp_path, key=key)
+
+
+def test_training_on_a_folder_says_it_is_one(tiny_cfg, tmp_path):
+    from charrnn.training.run import train
+
+    with pytest.raises(CharRNNError, match="data.path=.* is a folder"):
+        train(tiny_cfg(f"data.path={tmp_path}"))
+    assert not (tmp_path / "run").exists()

@@ -196,6 +196,9 @@ def test_generate_bad_input_exits_2_with_the_message(trained, tmp_path):
         (["seed=abc"], "seed must be an integer >= 0, got 'abc'"),
         (["device=tpu"], r"device must be cpu or cuda \(cuda:N: one GPU of several\), got 'tpu'"),
         (["output=/no/such/folder/sample.txt"], "the folder /no/such/folder does not exist"),
+        (["output=."], r"output=\. is a folder\. Set output to a file, e\.g\. `output=sample"),
+        (["prompt_file=."], r"prompt_file=/\S+ is a folder, not a text file"),
+        (["mode=score", "text_path=."], r"text_path=/\S+ is a folder, not a text file"),
         pytest.param(["device=cuda"], "device=cuda asks for a GPU, and torch .* sees none. Use "
                      "device=cpu", marks=pytest.mark.skipif(torch.cuda.is_available(),
                                                             reason="there is a GPU")),
@@ -208,6 +211,16 @@ def test_generate_bad_input(trained, args, message):
     run, _ = trained
     cfg = compose_train([f"ckpt_path={run}", *args], config_name="generate")
     with pytest.raises(CharRNNError, match=message):
+        generate(cfg, stream=io.StringIO())
+
+
+def test_an_output_under_a_file_is_refused_before_generating(trained):
+    from generate import generate
+
+    run, _ = trained
+    best = run / "checkpoints" / "best.ckpt"
+    cfg = compose_train([f"ckpt_path={run}", f"output={best}/sample.txt"], config_name="generate")
+    with pytest.raises(CharRNNError, match=f"a file is in the way: {best} is a file"):
         generate(cfg, stream=io.StringIO())
 
 

@@ -97,7 +97,7 @@ def test_search_runs_trials_records_failures_and_reports(corpus, tmp_path):
     assert cfg.model.hidden_size == best.params["model.hidden_size"]
     # On demand: the same summary again.
     (sweep / "summary.md").unlink()
-    report = subprocess.run([sys.executable, "-m", "charrnn.studies.report", str(sweep)], cwd=ROOT,
+    report = subprocess.run([sys.executable, "-m", "charrnn.studies.report", str(sweep)],
                             capture_output=True, text=True)
     assert report.returncode == 0 and (sweep / "summary.md").read_text() == summary
 
@@ -159,8 +159,50 @@ def test_a_killed_search_continues_in_its_folder(corpus, tmp_path):
     study = load_study(sweep)
     assert study.trials[0].state == TrialState.FAIL and study.trials[0].user_attrs["interrupted"]
     assert [t.state for t in study.trials[1:]] == [TrialState.COMPLETE] * 2
+    assert study.trials[1].params == study.trials[0].params  # run again with its settings
+    assert study.trials[1].user_attrs["rerun_of"] == 0
     assert sorted(p.name for p in sweep.glob("trial-*")) == ["trial-0", "trial-1", "trial-2"]
-    assert "interrupted" in (sweep / "summary.md").read_text()
+    assert "Interrupted when the search was stopped" in (sweep / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_ctrl_c_prints_the_command_that_continues_the_search_and_it_does(corpus, tmp_path):
+    """A real SIGINT while trial 1 trains: exit 130 with the command to continue; that command,
+    run as printed, finishes the search: every finished trial once, the interrupted one run
+    again with its settings, and summary.md lists n_trials trials."""
+    import shlex
+
+    args = ["train.py", "-m", "hparams_search=rnn", f"data.path={corpus}", *TINY_SEARCH,
+            "trainer.max_epochs=40", "early_stopping.patience=100", "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.pruner.kind=none", "hydra.sweep.dir=outputs/s"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args[1:]], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sweep = tmp_path / "outputs" / "s"
+    deadline = time.monotonic() + 120
+    while not list(sweep.glob("trial-1/checkpoints/last.ckpt")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    (command,) = [line.strip() for line in stderr.splitlines()
+                  if line.strip().startswith("python ")]
+    assert command.endswith("hydra.sweeper.study_dir=outputs/s")
+    assert "hydra.sweep.dir" not in command
+    tokens = shlex.split(command)
+    assert tokens[1] == str(ROOT / "train.py")  # the script as it was started
+    result = subprocess.run([sys.executable, *tokens[1:]], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = load_study(sweep)
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE,
+                      TrialState.COMPLETE]
+    assert study.trials[1].user_attrs["interrupted"]
+    assert study.trials[2].params == study.trials[1].params
+    summary = (sweep / "summary.md").read_text()
+    assert summary.count("| complete |") == 3 and "3 trials: 3 complete" in summary
+    assert "run again with the same settings: trial 1." in summary
 
 
 @pytest.mark.slow
