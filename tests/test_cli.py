@@ -247,8 +247,8 @@ def test_a_writable_folder_passes_and_generate_makes_no_run_folder(capsys):
 ])
 def test_scripts_refuse_a_folder_under_a_file(corpus, tmp_path, script, args, key):
     (tmp_path / "afile").write_text("")
-    result = run_script(script, f"data.path={corpus}" if script == "train.py" else "seed=1",
-                        *args, cwd=tmp_path)
+    result = run_script(script, *args, f"data.path={corpus}" if script == "train.py" else "seed=1",
+                        cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "a file is in the way" in result.stderr and f"Set {key} to" in result.stderr
     assert "Traceback" not in result.stderr
