@@ -15,7 +15,7 @@ from charrnn.cli import ENTRY_POINTS, fail, multirun, newest_run, prepare_overri
 from charrnn.data.vocab import CharVocab, read_text
 from charrnn.errors import CharRNNError, check_int, os_error_reason, unwritable_reason
 from charrnn.generation.dynamic import check_dynamic_args
-from charrnn.generation.loading import load_model
+from charrnn.generation.loading import check_device, load_model
 from charrnn.generation.sampling import sample_metrics, sample_text, score_text
 from charrnn.models.registry import CharModel
 from charrnn.training.run_folder import (
@@ -40,13 +40,15 @@ def generate(cfg: DictConfig, stream=sys.stdout) -> list[str] | dict:
             )
         print(f"ckpt_path not given: using the newest run, {newest}", file=sys.stderr)
         cfg.ckpt_path = str(newest)
-    if cfg.mode not in ("sample", "score"):
-        raise CharRNNError(f"mode must be sample or score, got {cfg.mode!r}.")
+    if cfg.mode not in ("sample", "score", "serve"):
+        raise CharRNNError(f"mode must be sample, score or serve, got {cfg.mode!r}.")
     check_int("seed", cfg.seed, "conf/generate/generate.yaml", minimum=0)
     output = Path(to_absolute_path(cfg.output)) if cfg.output is not None else None
     if output is not None:
         check_output(output, cfg.output)
     ckpt = resolve_checkpoint(to_absolute_path(cfg.ckpt_path), "best")
+    if cfg.mode == "serve":
+        return serve_page(cfg, ckpt)
     model, vocab = load_model(ckpt, cfg.device)
     if cfg.mode == "score":
         result = score(cfg, ckpt, model, vocab, stream)
@@ -83,6 +85,25 @@ def generate(cfg: DictConfig, stream=sys.stdout) -> list[str] | dict:
     if multirun():
         keep_job(cfg, sample_metrics(model, vocab, samples), sample=combined)
     return texts
+
+
+def serve_page(cfg: DictConfig, ckpt: Path) -> None:
+    """mode=serve: the generation page on a local web server (docs/generation.md)."""
+    try:
+        from charrnn.serve.server import serve
+    except ImportError as err:  # starlette or uvicorn
+        raise CharRNNError(f"mode=serve needs the serve extra ({err.name} is not installed): "
+                           "pip install -e '.[serve]'.") from None
+    check_device(cfg.device)
+    folder = run_folder_of(ckpt)
+    shown = folder if folder is not None else ckpt
+    outputs = Path(to_absolute_path("outputs"))
+    try:
+        run_id = shown.resolve().relative_to(outputs.parent.resolve()).as_posix()
+    except ValueError:
+        run_id = str(shown)
+    serve(ckpt, run_id, cfg.host, cfg.port, cfg.max_length, cfg.max_streams, outputs,
+          cfg.device)
 
 
 def check_output(output: Path, given: str) -> None:

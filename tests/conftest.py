@@ -30,9 +30,12 @@ TINY = [
 ]
 
 
-# The search tests need the `search` extra (optuna; in `.[dev]`): without it, as on a machine
-# set up for training alone, they are not collected instead of failing the whole run.
-collect_ignore = [] if importlib.util.find_spec("optuna") else ["studies/test_search.py"]
+# The search tests need the `search` extra (optuna), the page's the `serve` extra (starlette;
+# both in `.[dev]`): without them, as on a machine set up for training alone, they are not
+# collected instead of failing the whole run.
+collect_ignore = [path for path, module in (("studies/test_search.py", "optuna"),
+                                            ("serve", "starlette"))
+                  if importlib.util.find_spec(module) is None]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

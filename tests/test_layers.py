@@ -14,10 +14,13 @@ import pytest
 from tests.conftest import ROOT
 
 # Lowest first: a module may import its own layer and the layers before it, never one after.
-LAYERS = ("errors", "data", "models", "generation", "training", "studies", "tools")
-# Third-party packages a layer may not import: a model and generation need plain torch only.
-FORBIDDEN = {"models": ("lightning", "pytorch_lightning", "hydra"),
-             "generation": ("lightning", "pytorch_lightning", "hydra")}
+LAYERS = ("errors", "data", "models", "generation", "training", "studies", "serve", "tools")
+# Third-party packages a layer may not import: a model and generation need plain torch only,
+# and only the serve layer knows the web.
+WEB = ("starlette", "uvicorn", "fastapi")
+FORBIDDEN = {"data": WEB, "training": WEB, "studies": WEB,
+             "models": ("lightning", "pytorch_lightning", "hydra", *WEB),
+             "generation": ("lightning", "pytorch_lightning", "hydra", *WEB)}
 
 
 def layer_of(module: str) -> str:

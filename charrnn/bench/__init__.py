@@ -2,7 +2,7 @@
 
     python -m charrnn.bench                  # training and generation, default sizes
     python -m charrnn.bench --only train     # one group: train | kernel | generate | corpus |
-                                             # overhead | cudnn | profile
+                                             # overhead | cudnn | profile | serve
     python -m charrnn.bench --tiny           # seconds: a smoke test of the harness itself
     python -m charrnn.bench --device cpu     # train on the CPU even when a GPU is present
     python -m charrnn.bench --only overhead --set vanishing.every_n_steps=0  # what it costs
@@ -39,9 +39,14 @@ profile: torch.profiler over 20 training steps of train.py's path at the default
         (charrnn.training.profiling).
 corpus: encoding time and peak memory of the memory-mapped corpus cache at growing sizes
         (not in the default set: it writes a few hundred MB to a temporary folder).
+serve:  the generation page's server (`generate.py mode=serve`, a process of its own) with 1, 8
+        and 32 concurrent streams on loopback: total characters/s and time to the first
+        character (p50, p99), beside generate.py's 1- and 64-sample rates (not in the default
+        set: it needs the serve extra).
 
 The groups live in loops.py (train, overhead, profile), kernels.py (kernel, cudnn),
-generation.py and corpus.py; measure.py holds the clocks, memory readings and workers they share.
+generation.py, serving.py and corpus.py; measure.py holds the clocks, memory readings and
+workers they share.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ from pathlib import Path
 
 import torch
 
-from charrnn.bench import corpus, generation, kernels, loops
+from charrnn.bench import corpus, generation, kernels, loops, serving
 from charrnn.bench.measure import ROOT, resolve_device
 
 __all__ = ["DEFAULT_GROUPS", "GROUPS", "ROOT", "main", "resolve_device"]
@@ -62,7 +67,7 @@ __all__ = ["DEFAULT_GROUPS", "GROUPS", "ROOT", "main", "resolve_device"]
 GROUPS = {"train": loops.bench_train, "kernel": kernels.bench_kernel,
           "generate": generation.bench_generate, "corpus": corpus.bench_corpus,
           "overhead": loops.bench_overhead, "cudnn": kernels.bench_cudnn,
-          "profile": loops.bench_profile}
+          "profile": loops.bench_profile, "serve": serving.bench_serve}
 DEFAULT_GROUPS = ("train", "kernel", "generate")
 # One configuration each, run by measure.run_worker in a process of its own.
 WORKERS = {**loops.WORKERS, **corpus.WORKERS}

@@ -26,7 +26,8 @@ CELLS = (*RECURRENT_CELLS, "transformer")
 CharModel = CharRNN | CharTransformer
 
 __all__ = ["CELLS", "CharModel", "CharRNN", "CharTransformer", "KVCache", "State",
-           "build_model", "check_model_keys", "detach_state", "model_settings"]
+           "build_model", "check_model_keys", "detach_state", "initial_state", "join_rows",
+           "model_settings", "select_rows"]
 
 
 def _architecture(cell: str) -> type[nn.Module]:
@@ -81,3 +82,31 @@ def detach_state(state: Any) -> Any:
     if isinstance(state, (tuple, list)):
         return type(state)(detach_state(s) for s in state)
     return state
+
+
+def initial_state(model: CharModel, batch: int) -> State | None:
+    """The state before any text for `batch` rows: zeros for a recurrent model (what its forward
+    starts from without a state), None for a Transformer (an empty cache)."""
+    if not model.recurrent:
+        return None
+    rnn, weight = model.rnn, model.head.weight
+    h = torch.zeros(rnn.num_layers, batch, rnn.hidden_size, device=weight.device,
+                    dtype=weight.dtype)
+    return (h, torch.zeros_like(h)) if isinstance(rnn, nn.LSTM) else h
+
+
+def select_rows(state: Any, index: torch.Tensor) -> Any:
+    """The state of the batch rows `index` only (continuous batching: streams that leave)."""
+    if isinstance(state, KVCache):  # keys and values (B, heads, n, d)
+        return KVCache(state.position, tuple((k[index], v[index]) for k, v in state.layers))
+    if isinstance(state, (tuple, list)):
+        return type(state)(select_rows(s, index) for s in state)
+    return state[:, index]  # (num_layers, B, H)
+
+
+def join_rows(states: list[Any]) -> Any:
+    """Recurrent states side by side along the batch (streams that join); a Transformer's
+    caches join only at the same position, so its streams are not joined."""
+    if isinstance(states[0], (tuple, list)):
+        return type(states[0])(join_rows(list(parts)) for parts in zip(*states))
+    return torch.cat(states, dim=1)

@@ -1,0 +1,239 @@
+"""Continuous batching: many generation streams, one model call per step.
+
+A stream (one request) joins between steps, reads its prompt one character per step in the same
+batched call that carries the other streams' generation, and leaves as soon as it is done or
+cancelled (its client disconnected or pressed Stop): the next step no longer computes it. A
+worker thread owns the model; the web side reads each stream's characters from its buffer.
+Plain torch and threading: no web imports.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from charrnn.data.vocab import CharVocab
+from charrnn.models.registry import CharModel, initial_state, join_rows, select_rows
+
+TOP = 5  # candidates reported for every generated character
+NOISE_ROWS = 64  # steps of sampling noise a stream draws at once
+
+
+@dataclass(eq=False)
+class Stream:
+    """One request's generation: its settings, its progress and what it produced so far.
+
+    `items` holds, for each generated character, a list [c, p, q, n, top, top_p] (short: the
+    page gets thousands a second): the character; its probability in the distribution it was
+    drawn from (after temperature and top-k); its probability under the model itself (T = 1);
+    how many characters that distribution was choosing between (exp of its entropy); its most
+    likely characters, as one string, and their probabilities. With a watched hidden unit
+    (`unit`: layer, index), every character read (the prompt's, then each generated one) is
+    followed by a number: the unit after reading it.
+    """
+
+    inputs: deque[int]  # characters still to read: the prompt, then each generated one
+    length: int  # characters to generate
+    temperature: float
+    top_k: int | None
+    generator: torch.Generator
+    unit: tuple[int, int, str] | None = None  # (layer, index, "h" or "c"): whose value to report
+    items: deque[dict[str, Any]] = field(default_factory=deque)
+    generated: int = 0
+    done: bool = False
+    cancelled: bool = False
+    joined: float = field(default_factory=time.perf_counter)
+    notify: Callable[[], None] | None = None  # called (from the worker) when items arrive
+
+    _noise: torch.Tensor | None = None
+    _row: int = 0
+
+    def cancel(self) -> None:
+        """Stop generating at the next step (a disconnected client, Stop)."""
+        self.cancelled = True
+
+    def race(self, size: int) -> torch.Tensor:
+        """The next step's exponential noise (size,) from the stream's generator, drawn
+        NOISE_ROWS steps at a time: the same numbers as a draw at every step, for less."""
+        if self._noise is None or self._row == len(self._noise):
+            rows = min(NOISE_ROWS, self.length - self.generated)
+            self._noise = torch.empty(rows, size).exponential_(generator=self.generator)
+            self._row = 0
+        self._row += 1
+        return self._noise[self._row - 1]
+
+
+@dataclass(eq=False)
+class _Group:
+    """Streams stepped together in one call: all of them, for a recurrent model (states join
+    row by row); those that joined at the same step, for a Transformer (its cache has one
+    position for the whole batch)."""
+
+    streams: list[Stream]
+    state: Any
+
+
+class Engine:
+    """Steps every active stream of one model together, in a thread of its own."""
+
+    def __init__(self, model: CharModel, vocab: CharVocab) -> None:
+        self.model, self.vocab = model.eval(), vocab
+        self.step = model.stepper()
+        self.device = model.head.weight.device
+        self._pending: list[Stream] = []
+        self._groups: list[_Group] = []
+        self._lock = threading.Condition()
+        self._closed = False
+        self.steps = 0  # model calls so far (tests, the status page)
+        self._thread = threading.Thread(target=self._run, name="charrnn-engine", daemon=True)
+        self._thread.start()
+
+    def start(self, prompt: str, length: int, temperature: float, top_k: int | None,
+              seed: int, unit: tuple[int, int, str] | None = None,
+              notify: Callable[[], None] | None = None) -> Stream:
+        """A new stream, joining at the next step (its arguments already checked). An empty
+        prompt starts from a newline, as generate.py does."""
+        start = prompt or ("\n" if "\n" in self.vocab.chars else self.vocab.chars[0])
+        stream = Stream(deque(self.vocab.encode(start).tolist()), length, float(temperature),
+                        top_k, torch.Generator().manual_seed(seed), unit, notify=notify)
+        with self._lock:
+            self._pending.append(stream)
+            self._lock.notify()
+        return stream
+
+    def active(self) -> int:
+        """Streams waiting to join or running."""
+        return len(self._pending) + sum(len(g.streams) for g in self._groups)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for stream in self._pending + [s for g in self._groups for s in g.streams]:
+                stream.cancel()
+            self._lock.notify()
+        self._thread.join(timeout=5)
+
+    # --- the worker ---
+
+    def _run(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            with self._lock:
+                while not self._closed and not self._pending and not self._groups:
+                    self._lock.wait()
+                if self._closed:
+                    return
+                joining, self._pending = self._pending, []
+            self._join(joining)
+            self._leave()  # a stream cancelled since the last step is not computed again
+            if self._groups:
+                with torch.inference_mode():
+                    self._step()
+                self._leave()
+
+    def _join(self, streams: list[Stream]) -> None:
+        streams = [s for s in streams if not s.cancelled]
+        if not streams:
+            return
+        state = initial_state(self.model, len(streams))
+        with self._lock:
+            if self.model.recurrent and self._groups:
+                group = self._groups[0]
+                group.streams += streams
+                group.state = join_rows([group.state, state])
+            else:
+                self._groups.append(_Group(streams, state))
+
+    def _leave(self) -> None:
+        """Drop the streams that are done or cancelled, and their rows of the state."""
+        groups = []
+        for group in self._groups:
+            keep = [i for i, s in enumerate(group.streams) if not (s.done or s.cancelled)]
+            if len(keep) < len(group.streams) and keep:
+                group.state = select_rows(group.state, torch.tensor(keep, device=self.device))
+            group.streams = [group.streams[i] for i in keep]
+            if keep:
+                groups.append(group)
+        with self._lock:
+            self._groups = groups
+
+    def _step(self) -> None:
+        """One character read by every stream; a sample for those past their prompt."""
+        rows, logits, activations = [], [], []
+        for group in self._groups:
+            ids = torch.tensor([s.inputs.popleft() for s in group.streams], device=self.device)
+            out, group.state = self.step(ids, group.state)
+            rows += group.streams
+            logits.append(out)
+            activations += _activations(group.state, [s.unit for s in group.streams],
+                                        self.model)
+        self.steps += 1
+        for stream, value in zip(rows, activations):
+            if value is not None:  # the watched unit after reading this step's character
+                stream.items.append(value)
+        sampling = [i for i, s in enumerate(rows) if not s.inputs]
+        items = _sample(torch.cat(logits)[sampling].float().cpu(), [rows[i] for i in sampling],
+                        self.vocab) if sampling else []
+        for i, (next_id, item) in zip(sampling, items):
+            stream = rows[i]
+            stream.items.append(item)
+            stream.generated += 1
+            if stream.generated >= stream.length:
+                stream.done = True
+            else:
+                stream.inputs.append(next_id)
+        for stream in rows:
+            if stream.notify is not None and stream.items:
+                try:
+                    stream.notify()
+                except Exception:  # its reader is gone (a closed event loop): so is the stream
+                    stream.cancel()
+
+
+def _activations(state: Any, watched: list[tuple[int, int, str] | None],
+                 model: CharModel) -> list[float | None]:
+    """The watched unit's value in each row's recurrent state: (layer, index, "h" or, for an
+    LSTM, "c")."""
+    if not model.recurrent or not any(watched):
+        return [None] * len(watched)
+    parts = state if isinstance(state, tuple) else (state,)  # each (num_layers, B, H)
+    return [None if unit is None else
+            round(float(parts[unit[2] == "c"][unit[0], row, unit[1]]), 4)
+            for row, unit in enumerate(watched)]
+
+
+def _sample(logits: torch.Tensor, streams: list[Stream], vocab: CharVocab) -> list[dict]:
+    """One character for each row of `logits` (R, V), drawn as generate.py draws it: softmax of
+    logits / T over the top k, an exponential race with the stream's own generator (so a
+    stream's text depends on its seed and settings, not on the streams beside it)."""
+    temperature = torch.tensor([s.temperature or 1.0 for s in streams])[:, None]  # (R, 1)
+    limited = logits
+    ks = [s.top_k or logits.shape[1] for s in streams]
+    if min(ks) < logits.shape[1]:
+        kth = torch.topk(logits, max(ks), dim=1).values.gather(1, torch.tensor(ks)[:, None] - 1)
+        limited = logits.masked_fill(logits < kth, -math.inf)
+    probs = F.softmax(limited / temperature, dim=1)  # the distribution drawn from
+    race = torch.stack([s.race(logits.shape[1]) for s in streams])
+    ids = (probs / race).argmax(dim=1)
+    greedy = torch.tensor([s.temperature == 0 for s in streams])
+    if greedy.any():  # T = 0: argmax, a distribution with all its mass on one character
+        ids = torch.where(greedy, logits.argmax(dim=1), ids)
+        probs = torch.where(greedy[:, None], F.one_hot(ids, logits.shape[1]).float(), probs)
+    choosing = torch.exp(-(probs * probs.clamp_min(1e-30).log()).sum(dim=1))  # exp(entropy)
+    top_p, top_i = torch.topk(probs, min(TOP, logits.shape[1]), dim=1)
+    # Every number of every row in one table, rounded here: one conversion to Python.
+    numbers = torch.cat([probs.gather(1, ids[:, None]),
+                         F.softmax(logits, dim=1).gather(1, ids[:, None]), top_p], dim=1)
+    numbers = ((numbers.double() * 1e4).round() / 1e4).tolist()  # doubles: 0.037, not
+    choosing = ((choosing.double() * 100).round() / 100).tolist()  # 0.03700000047683716
+    chars = vocab.chars
+    return [(i, [chars[i], row[0], row[1], n, "".join(chars[j] for j in tis), row[2:]])
+            for i, row, n, tis in zip(ids.tolist(), numbers, choosing, top_i.tolist())]

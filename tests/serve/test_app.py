@@ -1,0 +1,174 @@
+"""The page's API in-process: streams, the checks of every request, busy, disconnects."""
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+from charrnn.generation.loading import load_model
+from charrnn.generation.sampling import score_text
+from charrnn.serve.app import STATIC, create_app
+from charrnn.serve.models import Models, describe
+
+
+def client(served, max_streams: int = 4, max_length: int = 300) -> TestClient:
+    root, run = served
+    models = Models(describe(run / "checkpoints" / "best.ckpt", "outputs/2026-01-01/12-00-00"),
+                    root / "outputs", max_streams)
+    return TestClient(create_app(models, max_length))
+
+
+def events(response) -> list[dict]:
+    items, ended = [], False
+    for block in response.text.split("\n\n"):
+        if block.startswith("event: end"):
+            ended = True
+        elif block.startswith("data: "):
+            items += json.loads(block[6:])
+    assert ended
+    return items
+
+
+def test_runs_and_the_model(served):
+    with client(served) as c:
+        runs = c.get("/api/runs").json()
+        (run,) = runs["runs"]
+        assert run["id"] == runs["served"] == "outputs/2026-01-01/12-00-00"
+        assert run["cell"] == "rnn" and run["hidden_size"] == 16 and run["best_val_ppl"] > 1
+        info = c.get("/api/model").json()
+        assert info["recurrent"] and info["units"] == 16 and info["layers"] == 1
+
+
+def test_a_generation_streams_its_characters(served):
+    with client(served) as c:
+        response = c.post("/api/generate", json={"prompt": "to be", "length": 120, "seed": 3,
+                                                 "temperature": 0.9, "top_k": 5})
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        items = events(response)
+        assert len(items) == 120 and all(1 <= n <= 5 and c in top for c, _, _, n, top, _ in items)
+        again = events(c.post("/api/generate", json={"prompt": "to be", "length": 120, "seed": 3,
+                                                     "temperature": 0.9, "top_k": 5}))
+        assert [i[0] for i in again] == [i[0] for i in items]  # the seed decides
+        assert c.get("/api/status").json()["streams"] == 0
+
+
+@pytest.mark.parametrize(("body", "status", "says"), [
+    ({"temperature": -1}, 400, "temperature must be a number >= 0"),
+    ({"temperature": "warm"}, 400, "temperature must be a number >= 0"),
+    ({"temperature": float("nan")}, 400, "temperature must be a number >= 0"),
+    ({"temperature": float("inf")}, 400, "temperature must be a number >= 0"),
+    ({"top_k": 0}, 400, "top_k must be an integer from 1 to the vocabulary size"),
+    ({"top_k": 1000}, 400, "top_k must be an integer from 1 to the vocabulary size"),
+    ({"length": 0}, 400, "length must be a positive integer"),
+    ({"length": 301}, 400, "length is at most 300 characters here (the server's max_length)"),
+    ({"prompt": "XYZ"}, 400, "prompt has characters that are not in the vocabulary: 'XYZ'"),
+    ({"prompt": 5}, 400, "prompt must be text"),
+    ({"seed": -1}, 400, "seed must be an integer >= 0"),
+    ({"tempreature": 1}, 400, "unknown setting 'tempreature'"),
+    ({"unit": [0, 99], "length": 10}, 400, "unit must be [layer, index]"),
+    ({"run": "../../etc"}, 404, "no run '../../etc' here"),
+])
+def test_every_request_is_checked_with_generate_pys_messages(served, body, status, says):
+    with client(served) as c:
+        response = c.post("/api/generate", content=json.dumps(body))  # NaN and inf as Python
+        assert response.status_code == status                           # writes them
+        assert says in response.json()["error"] and "Traceback" not in response.text
+
+
+def test_bodies_that_are_not_json_or_too_big_are_refused(served):
+    with client(served) as c:
+        response = c.post("/api/generate", content=b"{not json")
+        assert response.status_code == 400 and "not JSON" in response.json()["error"]
+        response = c.post("/api/score", content=b"x" * (300 * 1024))
+        assert response.status_code == 413 and "over 256 KiB" in response.json()["error"]
+        response = c.post("/api/score", json={"text": 3})
+        assert response.status_code == 400 and "text must be" in response.json()["error"]
+
+
+def test_more_streams_than_max_streams_is_a_429_with_a_retry_hint(served):
+    with client(served, max_streams=1) as c:
+        with c.stream("POST", "/api/generate", json={"length": 300}) as first:
+            assert first.status_code == 200
+            busy = c.post("/api/generate", json={"length": 10})
+            assert busy.status_code == 429 and busy.headers["Retry-After"] == "1"
+            assert "busy" in busy.json()["error"]
+            next(first.iter_lines())
+
+
+def test_a_client_that_goes_away_ends_its_stream(served):
+    """Starlette closes the event generator of a client that disconnected: its stream is
+    cancelled there, and the engine computes it no more (the real server: test_server.py)."""
+    import asyncio
+
+    from charrnn.serve.app import events
+
+    root, run = served
+    models = Models(describe(run / "checkpoints" / "best.ckpt", "served"), root / "outputs", 4)
+    _, _, engine = models.get(None)
+
+    async def hang_up_after_one_event() -> None:
+        ready = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        stream = models.start(engine, prompt="", length=100_000, temperature=1.0, top_k=None,
+                              seed=0, notify=lambda: loop.call_soon_threadsafe(ready.set))
+        source = events(stream, ready)
+        assert (await anext(source)).startswith("data: ")
+        assert engine.active() == 1
+        await source.aclose()  # what Starlette does when the client is gone
+        assert stream.cancelled
+
+    asyncio.run(hang_up_after_one_event())
+    deadline = time.monotonic() + 10
+    while engine.active() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.active() == 0
+    models.close()
+
+
+def test_score_is_generate_pys_number_and_each_character_has_its_surprisal(served):
+    _, run = served
+    text = "to be or not to be, that is the question\n"
+    with client(served) as c:
+        result = c.post("/api/score", json={"text": text}).json()
+    model, vocab = load_model(run / "checkpoints" / "best.ckpt")
+    assert result["ppl"] == score_text(model, vocab, text)["ppl"]
+    assert len(result["surprisal_bits"]) == result["characters_scored"] == len(text) - 1 - 1
+    assert result["unknown_chars"] == ","
+
+
+def test_the_page_works_offline():
+    """The page and its files: no build step, nothing fetched from another site."""
+    names = {p.name for p in STATIC.iterdir()}
+    assert {"index.html", "app.js", "style.css"} <= names
+    for path in STATIC.iterdir():
+        text = path.read_text(encoding="utf-8")
+        assert "http://" not in text and "https://" not in text, path.name
+    assert (Path(STATIC) / "index.html").read_text().count('src="/static/') == 1
+
+
+def test_units_worth_watching_and_a_text_against_counting(served):
+    from charrnn.studies.ngram import KneserNey, baseline, run_split
+
+    _, run = served
+    text = "to be or not to be\nthat is the question\n"
+    with client(served) as c:
+        units = c.get("/api/units").json()
+        assert units["source"] == "validation split"
+        assert units["units"]["line_position"]["kind"] == "h"
+        assert units["units"]["in_quotes_or_brackets"] is None
+        versus = c.post("/api/versus", json={"text": text}).json()
+        bad = c.post("/api/generate", json={"unit": [0, 1, "c"], "length": 5})
+    assert bad.status_code == 400 and "kind h" in bad.json()["error"]
+    model, vocab = load_model(run / "checkpoints" / "best.ckpt")
+    assert versus["model_ppl"] == pytest.approx(score_text(model, vocab, text)["ppl"])
+    split = run_split(run)
+    order = baseline(split)["order"]
+    ngram = KneserNey(split.ids[: split.n_train], len(split.vocab), order)
+    ids = vocab.encode(text).numpy()
+    expected = np.exp(-ngram.log_probs(ids, np.arange(1, len(ids)))[order - 1].mean())
+    assert versus["order"] == order and versus["ngram_ppl"] == pytest.approx(expected)
+    assert len(versus["model_bits"]) == len(versus["ngram_bits"]) == len(text) - 1
