@@ -9,6 +9,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from charrnn.cli import ENTRY_POINTS, fail, prepare_overrides
+from charrnn.studies.storage import take_password
 from charrnn.training.run import train  # before Hydra's logging: Lightning keeps its plain lines
 from charrnn.training.run_folder import register_resolvers, run_folder_of
 
@@ -68,5 +69,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    # A search's database password goes into the environment before Hydra sees the command
+    # line: Hydra writes the overrides into every folder it makes.
+    sys.argv[1:] = [take_password(a) for a in sys.argv[1:]]
     sys.argv[1:] = prepare_overrides(sys.argv[1:], **ENTRY_POINTS["train.py"])
     main()

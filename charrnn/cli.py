@@ -14,7 +14,7 @@ from typing import NoReturn
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
 
 from charrnn.errors import CharRNNError, folder_error, unwritable_reason
 from charrnn.training.run_folder import BEST, CHECKPOINT_DIR, record_failure
@@ -218,6 +218,27 @@ class OutputFolderCheck(Callback):
         reason = unwritable_reason(Path(str(folder)))
         if reason is not None:
             refuse(folder_error(folder, key, reason))
+
+
+class JobNames(Callback):
+    """A sweep's job folders are named by the swept keys and their values only: a key fixed
+    on the command line (the same in every job) is left out of `override_dirname`, so that
+    `3_model.hidden_size-256` is not followed by every fixed override of the command."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        swept = set(OmegaConf.select(config, "hydra.sweeper.params", default=None) or {})
+        fixed = set()
+        for override in OverridesParser.create().parse_overrides(
+                list(config.hydra.overrides.task)):
+            (swept if override.is_sweep_override() else fixed).add(override.key_or_group)
+        naming = config.hydra.job.config.override_dirname
+        exclude = [*naming.exclude_keys, *sorted(fixed - swept - set(naming.exclude_keys))]
+        # Each job's config is composed again from the sweep's Hydra overrides: one more there.
+        with read_write(config.hydra.overrides):
+            config.hydra.overrides.hydra.append(
+                f"hydra.job.config.override_dirname.exclude_keys=[{','.join(exclude)}]")
 
 
 def newest_run(outputs: Path) -> Path | None:

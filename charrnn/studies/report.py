@@ -74,7 +74,15 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def fixed_overrides(rows: list[dict[str, Any]]) -> list[str]:
+    """The overrides every job of the sweep has (the command's fixed settings)."""
+    sets = [set(r["overrides"].split()) for r in rows]
+    return sorted(set.intersection(*sets)) if len(sets) > 1 else []
+
+
 def write_tables(rows: list[dict[str, Any]], sweep_dir: Path) -> None:
+    """summary.csv (every job's overrides in full) and summary.md (the settings common to every
+    job once, above the table; each job's own in it)."""
     present = [c for c in PREFERRED if any(c in r for r in rows)]
     header = ["job", "status", "overrides", *present, "error"]
     with open(sweep_dir / "summary.csv", "w", newline="") as f:
@@ -82,10 +90,14 @@ def write_tables(rows: list[dict[str, Any]], sweep_dir: Path) -> None:
         writer.writerow(header)
         for r in rows:
             writer.writerow([r.get(c, "") for c in header])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    fixed = fixed_overrides(rows)
+    lines = [f"Every job: `{' '.join(fixed)}`", ""] if fixed else []
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         error = (r.get("error") or "").replace("|", "\\|").replace("\n", " ")
-        cells = [r["job"], r["status"], f"`{r['overrides']}`", *(_cell(r.get(c)) for c in present),
+        own = " ".join(o for o in r["overrides"].split() if o not in fixed)
+        cells = [r["job"], r["status"], f"`{own}`" if own else "", *(_cell(r.get(c))
+                                                                     for c in present),
                  error[:200]]
         lines.append("| " + " | ".join(cells) + " |")
     (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
@@ -122,7 +134,8 @@ def write_plot(rows: list[dict[str, Any]], sweep_dir: Path) -> None:
         curve = read_scalars(sweep_dir / r["job"]).get("val/ppl", [])
         if curve:
             label = " ".join(f"{k}={r['swept'][k]}" for k in varying) or r["job"]
-            right.plot(range(1, len(curve) + 1), [v for _, v in curve], label=label)
+            right.plot(range(1, len(curve) + 1), [v for _, v in curve], label=label,
+                       marker="o" if len(curve) < 4 else None)  # one epoch: a point, no line
     if not right.lines:
         right.set_axis_off()
     right.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -149,9 +162,9 @@ def _is_number(value: Any) -> bool:
 
 def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """Write summary.md, summary.csv and summary.png into the sweep folder; print the table.
-    A search's folder (it holds study.db) gets the search's summary instead."""
+    A search's folder (storage.json, or study.db from before it) gets the search's summary."""
     sweep_dir = Path(sweep_dir)
-    if (sweep_dir / "study.db").is_file():
+    if (sweep_dir / "storage.json").is_file() or (sweep_dir / "study.db").is_file():
         from charrnn.studies.search_report import summarize_search
 
         return summarize_search(sweep_dir)
@@ -194,7 +207,8 @@ def plot_curves(sweep_dir: Path, tags: list[str], out: Path) -> None:
         for ax, tag in zip(axes[0], tags):
             points = logged.get(tag, [])
             if points:
-                ax.plot([s for s, _ in points], [v for _, v in points], label=label, lw=0.8)
+                ax.plot([s for s, _ in points], [v for _, v in points], label=label, lw=0.8,
+                        marker="o" if len(points) < 4 else None)
     for ax, tag in zip(axes[0], tags):
         ax.set_title(tag)
         ax.set_xlabel("step")

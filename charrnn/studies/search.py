@@ -1,11 +1,12 @@
-"""Hyperparameter search with Optuna: the study in the sweep folder, trials as Hydra jobs.
+"""Hyperparameter search with Optuna: a study, trials as Hydra jobs.
 
 The sweeper (hydra_plugins/charrnn_search) asks the study for trials and launches each as a
 normal train.py job with `search.storage`, `search.study` and `search.trial` set; the job reports
 val/loss into the same study after every epoch (TrialReporter), is pruned when the pruner says
 so, and tells the study its result. Whatever launcher runs the jobs (one after another, in
-parallel, on SLURM), they share the study through its SQLite file. docs/search.md explains the
-design.
+parallel, on SLURM), they share the study through its storage (charrnn.studies.storage): a
+SQLite file in the sweep folder, a journal file, or a database server that several searches
+(workers) share. docs/search.md explains the design.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import fcntl
 import math
 import os
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,27 +34,26 @@ from optuna.distributions import (
 from optuna.trial import TrialState
 
 from charrnn.errors import CharRNNError
+from charrnn.studies.storage import kind, open_storage
 
-STUDY_FILE = "study.db"
 LOCK_FILE = "study.lock"
 PRUNERS = ("median", "hyperband", "none")
-# A trial whose search was stopped stays RUNNING in the study; the next search in the folder
-# marks it failed with this user attribute, does not count it against n_trials, and runs its
-# settings again as a new trial.
+# A trial whose search was stopped stays RUNNING in the study; the next search that finds it
+# (its own lock held, or its heartbeat stale) marks it failed with this user attribute, does not
+# count it against n_trials, and runs its settings again as a new trial.
 INTERRUPTED = "interrupted"
 PRUNER = "pruner"  # study attribute: the settings of the pruner its trials use
 RERUN_OF = "rerun_of"  # trial attribute: the interrupted trial this one runs again
+HEARTBEAT = "heartbeat"  # trial attribute: when the search running it last said so (unix time)
+SURPLUS = "surplus"  # trial attribute: asked past n_trials by a search racing another; not run
+GRACE_BEATS = 6  # heartbeats missed before a running trial of a shared study counts as lost
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweeper prints its own lines
 
 
-def storage_url(sweep_dir: Path) -> str:
-    return f"sqlite:///{sweep_dir.resolve() / STUDY_FILE}"
-
-
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    # Jobs running side by side write to one SQLite file: wait for its lock, do not fail.
-    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
+def set_trial_attr(study: optuna.Study, trial: optuna.trial.FrozenTrial, key: str,
+                   value: Any) -> None:
+    optuna.trial.Trial(study, trial._trial_id).set_user_attr(key, value)
 
 
 def distribution(key: str, spec: Any) -> BaseDistribution | None:
@@ -132,46 +134,58 @@ def make_pruner(kind: str, n_startup_trials: int, n_warmup_steps: int, min_resou
     )
 
 
-def open_study(sweep_dir: Path, study_name: str, identity: dict[str, Any], continuing: bool,
-               pruner: dict[str, Any]) -> optuna.Study:
-    """A new study in `sweep_dir`, or (`continuing`) the one there, which must be the same
-    search: the same name, search space and fixed settings (`identity`). `pruner`: the
-    settings of make_pruner, stored with the study for the trials' jobs."""
-    path = sweep_dir / STUDY_FILE
+def check_study_file(spec: str, continuing: bool) -> None:
+    """Before a study file is opened (and so made): continuing needs the earlier search's file,
+    and a new SQLite search needs a folder without one (a journal is shared: joined)."""
+    if kind(spec) == "server":
+        return
+    path = Path(spec.removeprefix("journal:").removeprefix("sqlite:///"))
     if continuing and not path.is_file():
         raise CharRNNError(
-            f"hydra.sweeper.study_dir={sweep_dir} holds no {STUDY_FILE}: give the folder of an "
+            f"hydra.sweeper.study_dir={path.parent} holds no {path.name}: give the folder of an "
             "earlier search (outputs/search/<date>/<time>), or leave study_dir unset to start one."
         )
-    if not continuing and path.exists():
+    if not continuing and kind(spec) == "sqlite" and path.exists():
         raise CharRNNError(
             f"{path} already exists: this folder holds another search. To continue it, add "
-            f"hydra.sweeper.study_dir={sweep_dir}; to start a new one, choose another "
+            f"hydra.sweeper.study_dir={path.parent}; to start a new one, choose another "
             "hydra.sweep.dir."
         )
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    storage = open_storage(storage_url(sweep_dir))
-    if not continuing:
-        study = optuna.create_study(study_name=study_name, storage=storage,
-                                    pruner=make_pruner(**pruner), direction="minimize")
-        for key, value in identity.items():
-            study.set_user_attr(key, value)
-        study.set_user_attr(PRUNER, pruner)
-        return study
+
+
+def open_study(storage: optuna.storages.BaseStorage, spec: str, where: str, study_name: str,
+               identity: dict[str, Any], continuing: bool, pruner: dict[str, Any]
+               ) -> optuna.Study:
+    """The search's study in `storage`. SQLite: a new study in a new folder, or (`continuing`)
+    the one there. A shared study (journal, server): created by the first search, joined by the
+    next. Either way an existing study must be the same search: the same name, search space
+    and fixed settings (`identity`). `pruner`: make_pruner's settings, kept with the study for
+    the trials' jobs. `where`: the storage as the user knows it, for the messages."""
     names = optuna.get_all_study_names(storage)
-    if study_name not in names:
+    shared = kind(spec) != "sqlite"
+    if continuing and names and study_name not in names:
         raise CharRNNError(
-            f"{path} holds the search {', '.join(names)}, not {study_name}: continue it with "
-            f"the hparams_search it was started with."
+            f"{where} holds the search {', '.join(names)}, not {study_name}: continue it with "
+            "the hparams_search it was started with."
         )
-    study = optuna.load_study(study_name=study_name, storage=storage,
-                              pruner=make_pruner(**pruner))
+    if study_name not in names:
+        study = optuna.create_study(study_name=study_name, storage=storage,
+                                    pruner=make_pruner(**pruner), direction="minimize",
+                                    load_if_exists=shared)  # another worker may be first
+        if not study.user_attrs:
+            for key, value in identity.items():
+                study.set_user_attr(key, value)
+            study.set_user_attr(PRUNER, pruner)
+            return study
+    else:
+        study = optuna.load_study(study_name=study_name, storage=storage,
+                                  pruner=make_pruner(**pruner))
     different = _differences(study.user_attrs, identity)
     if different:
         raise CharRNNError(
-            f"hydra.sweeper.study_dir={sweep_dir} holds another search than this command: "
-            f"{'; '.join(different)}. Continue it with the same search space and fixed "
-            "overrides, or start a new search without study_dir."
+            f"{where} holds another search than this command: {'; '.join(different)}. Continue "
+            "it with the same search space and fixed overrides, or start a new search (another "
+            "study_name, or without study_dir)."
         )
     return study
 
@@ -208,33 +222,92 @@ def exclusive(sweep_dir: Path) -> Iterator[None]:
         yield
 
 
-def mark_interrupted(study: optuna.Study) -> list[int]:
-    """Trials left RUNNING by a search that was stopped (Ctrl-C, kill -9): failed, marked as
-    interrupted, and queued to run again with the same settings (the next trial asked for)."""
-    numbers = []
+def mark_interrupted(study: optuna.Study, grace: float | None = None) -> list[int]:
+    """Running trials whose search is gone (Ctrl-C, kill -9): failed, marked as interrupted,
+    and queued to run again with the same settings (the next trial asked for). `grace` None:
+    every running trial (this search holds the folder's lock, nothing else runs); otherwise
+    those whose search has sent no heartbeat for `grace` seconds (a shared study)."""
+    numbers, now = [], time.time()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
-        study.tell(trial.number, state=TrialState.FAIL)
+        if grace is not None:
+            last = trial.user_attrs.get(HEARTBEAT) or trial.datetime_start.timestamp()
+            if now - last < grace:
+                continue
+        try:
+            set_trial_attr(study, trial, INTERRUPTED, True)
+            study.tell(trial.number, state=TrialState.FAIL)
+        except (RuntimeError, ValueError):  # another search marked it first
+            continue
         study.enqueue_trial(trial.params, user_attrs={RERUN_OF: trial.number})
         numbers.append(trial.number)
     return numbers
+
+
+def _counts(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial counts against n_trials once it ends (not interrupted, not surplus)."""
+    return not (trial.user_attrs.get(INTERRUPTED) or trial.user_attrs.get(SURPLUS))
 
 
 def counted_trials(study: optuna.Study) -> int:
     """Trials that ran to their end: complete, pruned, or failed by their own error."""
     return sum(
         t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-        or (t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED))
+        or (t.state == TrialState.FAIL and _counts(t))
         for t in study.get_trials(deepcopy=False)
     )
+
+
+def running_trials(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def within_budget(study: optuna.Study, number: int, n_trials: int) -> bool:
+    """Whether trial `number` is among the first `n_trials` that count, by trial number: when
+    two searches sharing a study ask at once, the one with the later number gives way (trial
+    numbers are handed out by the storage, one at a time)."""
+    ahead = [t for t in study.get_trials(deepcopy=False) if t.number <= number and _counts(t)]
+    return len(ahead) <= n_trials
+
+
+def give_way(study: optuna.Study, number: int) -> None:
+    """A trial asked past n_trials: failed and marked surplus, never run, never counted."""
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    set_trial_attr(study, trial, SURPLUS, True)
+    study.tell(number, state=TrialState.FAIL)
+
+
+@contextmanager
+def heartbeats(study: optuna.Study, numbers: list[int], interval: float) -> Iterator[None]:
+    """While the trials `numbers` run, their HEARTBEAT attribute is renewed every `interval`
+    seconds from a thread of this search: when it stops (the search was killed), the other
+    searches sharing the study find them lost after GRACE_BEATS intervals."""
+    stop = threading.Event()
+    trials = [t for t in study.get_trials(deepcopy=False) if t.number in numbers]
+
+    def beat() -> None:
+        while True:
+            for trial in trials:
+                try:
+                    set_trial_attr(study, trial, HEARTBEAT, time.time())
+                except Exception:  # finished meanwhile, or the storage is busy: next time
+                    pass
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name="charrnn-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def finish_trial(study: optuna.Study, number: int, error: str | None) -> str:
     """After a trial's job: a trial the job did not tell (it failed) is failed with its error."""
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
     if trial.state == TrialState.RUNNING:
-        study._storage.set_trial_user_attr(trial._trial_id, "error",
-                                           error or "the job ended without a result")
+        set_trial_attr(study, trial, "error", error or "the job ended without a result")
         study.tell(number, state=TrialState.FAIL)
         return "failed"
     return {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(
@@ -276,8 +349,7 @@ class TrialReporter(Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         if self._study is None:
             return
-        self._study._storage.set_trial_user_attr(
-            self._trial._trial_id, "epochs", trainer.current_epoch)
+        self._trial.set_user_attr("epochs", trainer.current_epoch)
         if self.pruned:
             self._study.tell(self.number, state=TrialState.PRUNED)
             return

@@ -17,7 +17,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from charrnn.studies.search import INTERRUPTED, RERUN_OF, STUDY_FILE, open_storage, storage_url
+from charrnn.studies.search import INTERRUPTED, RERUN_OF, SURPLUS
+from charrnn.studies.storage import open_storage, recorded
 from charrnn.training.run_folder import train_config
 
 # Settings of a trial's own budget, not of the model it found: left at their defaults in the
@@ -29,10 +30,13 @@ FILES = ("summary.md", "summary.csv", "history.png", "importances.png")
 
 
 def load_study(sweep_dir: Path):
+    """The study of a search folder, from wherever it lives (storage.json says)."""
     import optuna
 
-    storage = open_storage(storage_url(sweep_dir))
-    (name,) = optuna.get_all_study_names(storage)
+    spec, name = recorded(sweep_dir)
+    storage = open_storage(spec)
+    if name is None:  # a folder from before storage.json: study.db holds its one study
+        (name,) = optuna.get_all_study_names(storage)
     return optuna.load_study(study_name=name, storage=storage)
 
 
@@ -42,6 +46,8 @@ def trial_rows(study) -> list[dict[str, Any]]:
 
     rows = []
     for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get(SURPLUS) or t.state == TrialState.WAITING:
+            continue  # asked past n_trials and never run; or queued and not run yet
         if t.state == TrialState.COMPLETE:
             best = t.value
         else:
@@ -119,7 +125,7 @@ def best_command(job_dir: Path) -> str:
 
 
 def write_tables(rows: list[dict[str, Any]], params: list[str], sweep_dir: Path,
-                 command: str | None) -> None:
+                 command: str | None, fixed: list[str] = ()) -> None:
     header = ["trial", "state", *params, "best_val_ppl", "epochs", "wall_time_s", "folder",
               "error"]
     with open(sweep_dir / "summary.csv", "w", newline="") as f:
@@ -135,6 +141,8 @@ def write_tables(rows: list[dict[str, Any]], params: list[str], sweep_dir: Path,
              f"{len(rows)} trials: {counts['complete']} complete, {counts['pruned']} pruned, "
              f"{counts['failed']} failed. Objective: best validation loss (perplexity shown).",
              ""]
+    if fixed:
+        lines += [f"Every trial: `{' '.join(fixed)}`", ""]
     if command:
         lines += ["The best trial's settings, to train to early stopping:", "", "```bash",
                   command, "```", ""]
@@ -204,8 +212,8 @@ def write_plots(study, rows: list[dict[str, Any]], sweep_dir: Path) -> None:
 def summarize_search(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """Write the search's summary files into its folder; print the table and the command."""
     sweep_dir = Path(sweep_dir)
-    if not (sweep_dir / STUDY_FILE).is_file():
-        raise SystemExit(f"error: no {STUDY_FILE} in {sweep_dir}")
+    if recorded(sweep_dir) is None:
+        raise SystemExit(f"error: {sweep_dir} holds no search (no storage.json or study.db)")
     study = load_study(sweep_dir)
     rows = trial_rows(study)
     params = sorted({k for t in study.get_trials(deepcopy=False) for k in t.params})
@@ -213,7 +221,7 @@ def summarize_search(sweep_dir: str | Path) -> list[dict[str, Any]]:
     command = None
     if best is not None and (sweep_dir / best["folder"] / "config.yaml").is_file():
         command = best_command(sweep_dir / best["folder"])
-    write_tables(rows, params, sweep_dir, command)
+    write_tables(rows, params, sweep_dir, command, study.user_attrs.get("fixed", []))
     write_plots(study, rows, sweep_dir)
     print((sweep_dir / "summary.md").read_text())
     print(f"summary in {sweep_dir}/{{{','.join(FILES)}}}")

@@ -83,15 +83,20 @@ def claim_folder(path: str) -> str:
 
 
 def register_resolvers() -> None:
-    """Resolvers used by conf/train/train.yaml's hydra section.
+    """Resolvers used by the hydra sections of conf/.
 
-    A new run claims a folder of its own; a resumed run writes into its own run folder, and
-    keeps the original run's .hydra/ (its overrides are what resuming it again needs).
+    A new run (or sweep) claims a folder of its own; a resumed run writes into its own run
+    folder, and keeps the original run's .hydra/ (its overrides are what resuming it again
+    needs).
     """
     OmegaConf.register_new_resolver(
         "charrnn_run_dir", lambda ckpt, default: str(run_folder_of(ckpt) or claim_folder(default)),
         replace=True,
     )
+    # A new sweep claims its folder too. Cached: every job's config (composed again, and in a
+    # worker process of its own with launcher=parallel) gets the folder the sweep claimed.
+    OmegaConf.register_new_resolver("charrnn_sweep_dir", claim_folder, replace=True,
+                                    use_cache=True)
     OmegaConf.register_new_resolver(
         "charrnn_hydra_subdir",
         lambda ckpt: (

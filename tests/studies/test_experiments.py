@@ -1,11 +1,13 @@
 """Named studies, launchers and sweep summaries through the real entry points."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from charrnn.studies.report import summarize
-from tests.conftest import CONF, GENERATE_CONF, TINY, compose_train, run_script
+from tests.conftest import CONF, GENERATE_CONF, ROOT, TINY, compose_train, run_script
 
 STUDIES = {
     "hidden_size": ("model.hidden_size", "128,256,512,1024"),
@@ -75,10 +77,16 @@ def test_sweep_summary_lists_every_job_and_failed_ones(corpus, tmp_path: Path):
     )
     assert result.returncode == 1, result.stderr[-2000:]
     sweep = next((tmp_path / "outputs" / "multirun").glob("*/*"))
+    # Job folders are named by the swept key only; the fixed overrides are listed once.
+    assert sorted(p.name for p in sweep.glob("*_*") if p.is_dir()) == [
+        "0_model.hidden_size-8", "1_model.hidden_size--1", "2_model.hidden_size-16"]
     lines = (sweep / "summary.md").read_text().splitlines()
-    assert len(lines) == 2 + 3
-    assert "| ok |" in lines[2] and "| ok |" in lines[3]
-    assert "| failed |" in lines[4] and "model.hidden_size must be a positive integer" in lines[4]
+    assert lines[0].startswith("Every job: `") and "trainer.max_epochs=2" in lines[0]
+    assert "data.batch_size=8" in lines[0] and "model.hidden_size" not in lines[0]
+    table = lines[2:]
+    assert len(table) == 2 + 3 and "trainer.max_epochs" not in "".join(table)
+    assert "| ok |" in table[2] and "| ok |" in table[3]
+    assert "| failed |" in table[4] and "model.hidden_size must be a positive integer" in table[4]
     csv = (sweep / "summary.csv").read_text().splitlines()
     assert csv[0].startswith("job,status,overrides,test_ppl") and len(csv) == 4
     assert (sweep / "summary.png").stat().st_size > 10_000
@@ -87,6 +95,43 @@ def test_sweep_summary_lists_every_job_and_failed_ones(corpus, tmp_path: Path):
     rows = summarize(sweep)
     assert [r["status"] for r in rows] == ["ok", "ok", "failed"]
     assert rows[0]["test_ppl"] <= rows[1]["test_ppl"]
+
+
+def test_a_one_epoch_sweep_draws_points(tmp_path, monkeypatch):
+    """One validation per job: the curves are points (a line needs two)."""
+    import matplotlib.pyplot as plt
+
+    from charrnn.studies import report
+
+    rows = [{"job": f"{i}_a-{i}", "status": "ok", "swept": {"a": str(i)}, "test_ppl": 5.0 + i,
+             "overrides": f"a={i} b=2"} for i in range(2)]
+    monkeypatch.setattr(report, "read_scalars", lambda folder: {"val/ppl": [(10, 6.0)]})
+    drawn = []
+    monkeypatch.setattr(plt, "close", lambda fig: drawn.append(fig))
+    report.write_plot(rows, tmp_path)
+    curves = drawn[0].axes[1].lines
+    assert len(curves) == 2 and all(line.get_marker() == "o" for line in curves)
+    assert report.fixed_overrides(rows) == ["b=2"]
+
+
+@pytest.mark.slow
+def test_sweeps_started_in_the_same_second_get_a_folder_each(corpus, tmp_path: Path):
+    """Two sweeps claim the same folder name at once (launcher=parallel: each job's worker
+    process resolves the folder again): one gets it, the other <name>-2, jobs in their own."""
+    tiny = [o for o in TINY if not o.startswith("model.hidden_size")]
+    args = ["train.py", "-m", "launcher=parallel", f"data.path={corpus}",
+            "model.hidden_size=8,16", "trainer.max_epochs=1", *tiny,
+            "hydra.sweep.dir=${charrnn_sweep_dir:outputs/same}"]
+    procs = [subprocess.Popen([sys.executable, str(ROOT / args[0]), *args[1:]], cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0, proc.stderr.read()[-2000:]
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["same", "same-2"]
+    for sweep in ("same", "same-2"):
+        jobs = sorted(p.name for p in (tmp_path / "outputs" / sweep).glob("*_*"))
+        assert jobs == ["0_model.hidden_size-8", "1_model.hidden_size-16"]
+        assert (tmp_path / "outputs" / sweep / "summary.md").is_file()
 
 
 @pytest.mark.slow
