@@ -7,7 +7,8 @@ The package is layered; each folder may import only the ones before it in this l
     models/       every `model.cell` behind one interface (plain torch)
     generation/   checkpoint loading, sampling, scoring, dynamic evaluation (a model is enough)
     training/     Lightning: module, Trainer, one run, callbacks, the run folder
-    studies/      many runs: sweep summaries, search, diagnostics, speakers
+    studies/      many runs: sweep summaries, search, diagnostics, speakers, counting
+    serve/        the generation page (the only layer that imports a web library)
     cli.py, bench/, gpu_checks.py   what the entry points and tools share (may import all)
 
 report.py, diagnostics.py and speakers.py keep `python -m charrnn.<name>` working: they run

@@ -374,12 +374,17 @@ def report(result: dict) -> None:
     print(f"\n{result['run']}: test ppl {result['model_test_ppl']:.4f}; Kneser-Ney order "
           f"{result['ngram_order']}: {result['ngram_test_ppl']:.4f}; the model's gain "
           f"{result['gain_bits']:+.4f} bits per character")
+    # A share of the whole gain means little when the whole is near zero: then contributions
+    # (bits per character of the split; the line-position rows add up to the whole) alone.
+    shares = abs(result["gain_bits"]) >= 0.02
     print(f"  {'group':<26}{'chars':>8}{'share':>8}{'model':>8}{'n-gram':>8}{'gain':>8}"
-          f"{'of all':>8}")
+          f"{'contrib':>9}{'of all' if shares else '':>8}")
     for g in result["groups"]:
         if g["chars"]:
+            share = f"{g['share_of_gain']:>8.1%}" if shares else ""
             print(f"  {g['group']:<26}{g['chars']:>8,}{g['share']:>8.1%}{g['model_bits']:>8.3f}"
-                  f"{g['ngram_bits']:>8.3f}{g['gain_bits']:>+8.3f}{g['share_of_gain']:>8.1%}")
+                  f"{g['ngram_bits']:>8.3f}{g['gain_bits']:>+8.3f}{g['contribution']:>+9.4f}"
+                  f"{share}")
         else:
             print(f"  {g['group']:<26}{0:>8}  (none in this text)")
     if result.get("units"):
