@@ -61,17 +61,15 @@ class Insight:
         """The Kneser-Ney n-gram of the run's corpus (train split, order chosen on validation)."""
         if folder is None:
             raise CharRNNError("this checkpoint is not in a run folder: no corpus to count.")
+        with self._lock:
+            if folder in self._ngrams:
+                return self._ngrams[folder]
         split = run_split(folder)
+        found, model = baseline(split)
+        counted = (model, found["order"], {"vocab": split.vocab.chars, **{
+            k: found[k] for k in ("val_ppl", "test_ppl")}})
         with self._lock:
-            key = folder
-            if key in self._ngrams:
-                return self._ngrams[key]
-        found = baseline(split)
-        counted = (KneserNey(split.ids[: split.n_train], len(split.vocab), found["order"]),
-                   found["order"], {"vocab": split.vocab.chars, **{
-                       k: found[k] for k in ("val_ppl", "test_ppl")}})
-        with self._lock:
-            self._ngrams[key] = counted
+            self._ngrams[folder] = counted
         return counted
 
     def versus(self, folder: Path | None, model: CharModel, vocab: CharVocab,

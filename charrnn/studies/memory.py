@@ -281,9 +281,8 @@ def analyse(run: Path, ngram_model: KneserNey | None = None, order: int | None =
     data = load_run(run)
     split = data.split
     if ngram_model is None:
-        counted = baseline(split)
+        counted, ngram_model = baseline(split)
         order = counted["order"]
-        ngram_model = KneserNey(split.ids[: split.n_train], len(split.vocab), order)
     test = split.test
     model_losses = window_losses(data.model, split.ids, test[0], test[-1] + 1, data.seq_length)
     ngram_losses = -ngram_model.log_probs(split.ids, test)[order - 1]
@@ -348,12 +347,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for run in args.runs:
             data_path = OmegaConf.load(run / "config.yaml").data.path if (
                 run / "config.yaml").is_file() else None
-            if data_path not in counted:  # one n-gram per corpus
-                split = run_split(run) if (run / "config.yaml").is_file() else None
-                if split is not None:
-                    found = baseline(split)
-                    counted[data_path] = (KneserNey(split.ids[: split.n_train], len(split.vocab),
-                                                    found["order"]), found)
+            if data_path not in counted and (run / "config.yaml").is_file():
+                found, model = baseline(run_split(run))  # one n-gram per corpus
+                counted[data_path] = (model, found)
             ngram_model, found = counted.get(data_path, (None, None))
             result = analyse(run, ngram_model, found["order"] if found else None)
             if found:

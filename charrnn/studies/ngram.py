@@ -201,8 +201,9 @@ def perplexity(log_probs: np.ndarray) -> float:
     return math.exp(-float(np.mean(log_probs)))
 
 
-def baseline(split: Split, max_order: int = MAX_ORDER) -> dict:
-    """Count, choose the order on validation, score test: the figures the command prints."""
+def baseline(split: Split, max_order: int = MAX_ORDER) -> tuple[dict, KneserNey]:
+    """Count, choose the order on validation, score test: the figures the command prints, and
+    the model (every order up to `max_order`: row `order - 1` of its log_probs)."""
     start = time.perf_counter()
     model = KneserNey(split.ids[: split.n_train], len(split.vocab), max_order)
     counted = time.perf_counter() - start
@@ -213,7 +214,8 @@ def baseline(split: Split, max_order: int = MAX_ORDER) -> dict:
     return {"order": order, "val_ppl": val_ppl[order - 1], "test_ppl": perplexity(test),
             "val_ppl_by_order": val_ppl, "train_chars": split.n_train,
             "val_chars": len(split.val), "test_chars": len(split.test),
-            "count_s": round(counted, 2), "total_s": round(time.perf_counter() - start, 2)}
+            "count_s": round(counted, 2),
+            "total_s": round(time.perf_counter() - start, 2)}, model
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -232,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
 
             corpus = args.corpus or tinyshakespeare_path(train_config().data.cache_dir)
             split = load_split(corpus)
-        result = baseline(split, args.max_order)
+        result, _ = baseline(split, args.max_order)
     except CharRNNError as err:
         parser.exit(2, f"error: {err}\n")
     for m, ppl in enumerate(result["val_ppl_by_order"], 1):

@@ -166,8 +166,9 @@ def test_units_worth_watching_and_a_text_against_counting(served):
     model, vocab = load_model(run / "checkpoints" / "best.ckpt")
     assert versus["model_ppl"] == pytest.approx(score_text(model, vocab, text)["ppl"])
     split = run_split(run)
-    order = baseline(split)["order"]
-    ngram = KneserNey(split.ids[: split.n_train], len(split.vocab), order)
+    found, _ = baseline(split)
+    order = found["order"]
+    ngram = KneserNey(split.ids[: split.n_train], len(split.vocab), order)  # counted afresh
     ids = vocab.encode(text).numpy()
     expected = np.exp(-ngram.log_probs(ids, np.arange(1, len(ids)))[order - 1].mean())
     assert versus["order"] == order and versus["ngram_ppl"] == pytest.approx(expected)
