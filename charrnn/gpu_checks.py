@@ -99,7 +99,10 @@ def run_check(command: list[str], timeout: float) -> tuple[str, str]:
     try:
         output, _ = process.communicate(timeout=None if math.isinf(timeout) else timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        if hasattr(os, "killpg"):
+            os.killpg(process.pid, signal.SIGKILL)
+        else:  # Windows: no process groups to signal
+            process.kill()
         output, _ = process.communicate()
         return output, "out of time"
     return output, "ok" if process.returncode == 0 else f"failed (exit {process.returncode})"

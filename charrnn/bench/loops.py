@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
+from charrnn import host
 from charrnn.bench.measure import (
     BATCH,
     SEQ_LENGTH,
@@ -209,8 +210,14 @@ def bench_train(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
     that a slow spell of a shared machine hits all configurations alike; medians over rounds."""
     corpus = args.corpus or bench_corpus_text(tmp, args.tiny)
     runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in TRAIN_WORKERS}
+    workers = TRAIN_WORKERS
+    on_cpu = args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available())
+    if on_cpu and not host.onednn_has_bf16():  # train.py refuses bf16 there (emulated, slow)
+        print("bf16: not measured, this CPU has no bf16 kernels (docs/machines.md)",
+              file=sys.stderr)
+        workers = tuple(kind for kind in TRAIN_WORKERS if "bf16" not in kind)
     for _ in range(args.rounds):
-        for kind in TRAIN_WORKERS:
+        for kind in workers:
             try:
                 runs[kind].append(run_worker(kind, args, corpus))
             except RuntimeError as err:  # one broken configuration must not lose the others

@@ -7,7 +7,7 @@ import argparse
 import contextlib
 import io
 import json
-import resource
+import math
 import statistics
 import subprocess
 import sys
@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from charrnn import host
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -65,7 +67,7 @@ def peak_memory_mb(device: str) -> dict[str, float]:
     return peak
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return host.peak_rss_mb() or math.nan  # Windows: not measured
 
 
 def bench_corpus_text(tmp: Path, tiny: bool) -> Path:

@@ -53,7 +53,10 @@ class ServerProcess:
     def stop(self) -> tuple[int, str]:
         """Ctrl-C; the exit status and what it wrote to stderr."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.send_signal(signal.SIGINT)
+            except ValueError:  # Windows sends no SIGINT to another process
+                self.process.terminate()
         try:
             _, err = self.process.communicate(timeout=30)
         except subprocess.TimeoutExpired:

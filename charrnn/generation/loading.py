@@ -80,7 +80,17 @@ def _load_failure(path: str | Path, err: Exception) -> str:
             return "not a file torch.save writes"
     text = str(err).strip()
     if text.startswith("Weights only load failed"):
-        advice = ("Weights only load failed", "Please file an issue", "Check the documentation")
-        what = [p.strip() for p in text.split("\n\n") if p.strip() and not p.startswith(advice)]
-        return f"it holds objects a safe, weights-only load refuses: {' '.join(what)}"
+        return f"it holds objects a safe, weights-only load refuses: {_refused(text)}"
     return f"truncated or damaged: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+def _refused(text: str) -> str:
+    """What torch's weights-only refusal names, without its advice. Read line by line: torch 2.6
+    puts the reason in the advice's paragraph, later versions in one of its own."""
+    advice = ("Weights only load failed", "Check the documentation", "(1)", "(2)")
+    reasons = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(advice) and "weights_only" not in line:
+            reasons.append(line.removeprefix("WeightsUnpickler error: ").split(" Please use")[0])
+    return " ".join(reasons) or "objects torch does not allow"

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from charrnn import host
 from charrnn.errors import CharRNNError, check_int
 from charrnn.models.recurrence import layer_parameters, rnn_tanh
 from charrnn.models.regularization import (
@@ -116,8 +117,10 @@ class CharRNN(nn.Module):
             # One-hot input is a row lookup in W_ih^T: no one-hot tensor is built.
             scale = character_scale(self.vocab_size, self.embedding_dropout, self.training,
                                     self.head.weight)
-            out, state = rnn_tanh(self.rnn, x.t(), state, onehot=True,
-                                  weights=self._dropped_weights(), char_scale=scale)
+            precision, x, state = _recurrence_precision(x, state, fused=True)
+            with precision:
+                out, state = rnn_tanh(self.rnn, x.t(), state, onehot=True,
+                                      weights=self._dropped_weights(), char_scale=scale)
             return self._output(out, time_dim=0).transpose(0, 1), state
         return self.forward_embedded(self._input(x), state)
 
@@ -144,12 +147,14 @@ class CharRNN(nn.Module):
                          state: State | None = None) -> tuple[torch.Tensor, State]:
         """inputs (B, T, D), as `embed` makes them -> logits (B, T, V) and the final state."""
         weights = self._dropped_weights()
-        if self.uses_fused_kernel():
-            out, state = rnn_tanh(self.rnn, inputs.transpose(0, 1), state, onehot=False,
-                                  weights=weights)
+        fused = self.uses_fused_kernel()
+        precision, inputs, state = _recurrence_precision(inputs, state, fused)
+        if fused:
+            with precision:
+                out, state = rnn_tanh(self.rnn, inputs.transpose(0, 1), state, onehot=False,
+                                      weights=weights)
             return self._output(out, time_dim=0).transpose(0, 1), state
-        fp32 = _bf16_autocast_on_gpu(inputs)
-        with torch.autocast("cuda", enabled=False) if fp32 else contextlib.nullcontext():
+        with precision:
             if weights:  # DropConnect: this call runs with the dropped hidden-to-hidden weights
                 out, state = functional_call(self.rnn, weights, (inputs, state))
             else:
@@ -174,13 +179,37 @@ class CharRNN(nn.Module):
         return lambda ids, state: _last(self(ids.unsqueeze(1), state))
 
 
-def _bf16_autocast_on_gpu(inputs: torch.Tensor) -> bool:
-    """Whether the recurrence would run under bf16 autocast on a GPU. There PyTorch's autocast
-    gives cuDNN's RNNs fp16, whatever autocast's dtype (`_cudnn_rnn_cast_reflatten`), and no loss
-    scaler guards fp16 under bf16-mixed: the recurrence runs in fp32 instead (on the H200 cuDNN's
-    fp16 RNN was slower than fp32 with one-hot input anyway, docs/performance.md)."""
-    return (inputs.is_cuda and torch.is_autocast_enabled("cuda")
-            and torch.get_autocast_dtype("cuda") == torch.bfloat16)
+def recurrence_leaves_bf16_autocast(inputs: torch.Tensor, fused: bool = False) -> bool:
+    """Whether the recurrence runs in fp32 outside bf16 autocast (the head stays in it).
+
+    On a GPU, for nn.RNN, LSTM and GRU: PyTorch's autocast gives cuDNN's RNNs fp16, whatever
+    autocast's dtype (`_cudnn_rnn_cast_reflatten`), and no loss scaler guards fp16 under
+    bf16-mixed (on the H200 cuDNN's fp16 RNN was slower than fp32 with one-hot input anyway,
+    docs/performance.md). On a CPU whose oneDNN has no bf16 kernels (AVX2 and older x86,
+    `charrnn.host.onednn_has_bf16`), for every kernel, the fused one too: there is no bf16 LSTM
+    at all ("could not create a primitive descriptor"), and bf16 is emulated, so slowly that
+    the default model trained 25 times slower than in fp32 (docs/performance.md, bf16).
+    """
+    if inputs.is_cuda:
+        return (not fused and torch.is_autocast_enabled("cuda")
+                and torch.get_autocast_dtype("cuda") == torch.bfloat16)
+    return (inputs.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16
+            and not host.onednn_has_bf16())
+
+
+def _recurrence_precision(inputs: torch.Tensor, state: State | None, fused: bool = False
+                          ) -> tuple[contextlib.AbstractContextManager, torch.Tensor,
+                                     State | None]:
+    """Where the recurrence leaves bf16 autocast: autocast off, and the inputs (unless they
+    are character indices) and the state in fp32. Elsewhere all three unchanged."""
+    if not recurrence_leaves_bf16_autocast(inputs, fused):
+        return contextlib.nullcontext(), inputs, state
+    if inputs.is_floating_point():
+        inputs = inputs.float()
+    if state is not None:
+        state = tuple(s.float() for s in state) if isinstance(state, tuple) else state.float()
+    return torch.autocast(inputs.device.type, enabled=False), inputs, state
 
 
 def _last(result: tuple[torch.Tensor, State]) -> tuple[torch.Tensor, State]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import resource
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from charrnn import host
 from charrnn.data.vocab import CharVocab
 from charrnn.errors import CharRNNError, check_int
 from charrnn.generation.sampling import character_losses, check_sampling_args, score_text
@@ -197,9 +197,8 @@ def create_app(models: Models, max_length: int) -> Starlette:
 
     async def status(request: Request) -> Response:
         return JSONResponse({"streams": models.active(), "models": models.loaded(),
-                             "max_rss_mb": round(resource.getrusage(
-                                 resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                             "rss_mb": current_rss_mb()})
+                             "max_rss_mb": _rounded(host.peak_rss_mb()),
+                             "rss_mb": host.rss_mb()})  # null where the system does not say
 
     async def refused(request: Request, err: Exception) -> Response:
         status_code = err.status if isinstance(err, BadRequest) else 400
@@ -256,10 +255,5 @@ def score_with_surprisal(model: CharModel, vocab: CharVocab, text: str) -> dict[
             "surprisal_bits": [round(float(x) / math.log(2), 3) for x in losses]}
 
 
-def current_rss_mb() -> float:
-    """Resident memory of this process now (Linux), in MiB."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    return math.nan
+def _rounded(mb: float | None) -> float | None:
+    return None if mb is None else round(mb, 1)

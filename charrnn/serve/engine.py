@@ -9,6 +9,7 @@ Plain torch and threading: no web imports.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
@@ -62,13 +63,27 @@ class Stream:
 
     def race(self, size: int) -> torch.Tensor:
         """The next step's exponential noise (size,) from the stream's generator, drawn
-        NOISE_ROWS steps at a time: the same numbers as a draw at every step, for less."""
+        NOISE_ROWS steps at a time where that gives the same numbers as a draw at every step
+        (generate.py's), for less; step by step where it does not (torch 2.6)."""
         if self._noise is None or self._row == len(self._noise):
             rows = min(NOISE_ROWS, self.length - self.generated)
+            if not rows_draw_like_steps(rows, size):
+                return torch.empty(size).exponential_(generator=self.generator)
             self._noise = torch.empty(rows, size).exponential_(generator=self.generator)
             self._row = 0
         self._row += 1
         return self._noise[self._row - 1]
+
+
+@functools.cache
+def rows_draw_like_steps(rows: int, size: int) -> bool:
+    """Whether one exponential draw of (rows, size) gives the numbers of `rows` draws of (size,)
+    from the same generator. It does in torch 2.13; torch 2.6 fills larger tensors in another
+    order. Checked once per shape, here, rather than assumed of every torch."""
+    whole = torch.empty(rows, size).exponential_(generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    steps = torch.stack([torch.empty(size).exponential_(generator=generator) for _ in range(rows)])
+    return torch.equal(whole, steps)
 
 
 @dataclass(eq=False)

@@ -2,4 +2,4 @@
 report, gradient-distance comparisons of trained runs, the speakers analysis, the counting
 baseline and what a model's memory holds against it.
 
-May import every layer below: charrnn.errors, data, models, generation, training."""
+May import every layer below: charrnn.errors, host, data, models, generation, training."""

@@ -11,7 +11,6 @@ SQLite file in the sweep folder, a journal file, or a database server that sever
 
 from __future__ import annotations
 
-import fcntl
 import math
 import os
 import threading
@@ -207,12 +206,14 @@ def _differences(study: dict[str, Any], command: dict[str, Any]) -> list[str]:
 def exclusive(sweep_dir: Path) -> Iterator[None]:
     """Only one search at a time in a folder; the lock goes with its process (even kill -9)."""
     with open(sweep_dir / LOCK_FILE, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _lock(f):
             f.seek(0)
+            try:
+                holder = f.read().strip() or "?"
+            except OSError:  # Windows: the holder's locked byte cannot be read
+                holder = "?"
             raise CharRNNError(
-                f"another search is running in {sweep_dir} (process {f.read().strip() or '?'}): "
+                f"another search is running in {sweep_dir} (process {holder}): "
                 "wait for it to end, or start a new search without hydra.sweeper.study_dir."
             ) from None
         f.seek(0)
@@ -220,6 +221,28 @@ def exclusive(sweep_dir: Path) -> Iterator[None]:
         f.write(f"{os.getpid()}\n")
         f.flush()
         yield
+
+
+def _lock(f: Any) -> bool:
+    """Take an open file's lock without waiting; False if another process holds it. flock on
+    Unix; on Windows, which has no fcntl, msvcrt's lock of the first byte. Either goes with the
+    process that holds it."""
+    try:
+        import fcntl
+    except ImportError:
+        import msvcrt
+
+        f.seek(0)
+        try:
+            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def mark_interrupted(study: optuna.Study, grace: float | None = None) -> list[int]:

@@ -1,4 +1,4 @@
 """The training layer, on Lightning: the LightningModule, the Trainer, one run from config to
 metrics.json (run.py), its callbacks, gradient monitors, precision, the run folder, profiling.
 
-May import charrnn.errors, data, models and generation; nothing of studies."""
+May import charrnn.errors, host, data, models and generation; nothing of studies."""

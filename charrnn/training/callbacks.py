@@ -13,12 +13,13 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 
+from charrnn import host
 from charrnn.data.vocab import CharVocab
 from charrnn.data.windows import IGNORE_INDEX
 from charrnn.generation.sampling import check_sampling_args, sample_text
 from charrnn.models.registry import model_settings
 from charrnn.training.gradients import GradientMonitor
-from charrnn.training.precision import tf32_note
+from charrnn.training.precision import BF16_EMULATED, tf32_note
 
 
 def _duration(seconds: float) -> str:
@@ -56,6 +57,8 @@ def print_model_line(trainer: L.Trainer, pl_module: L.LightningModule,
     device, precision = trainer.strategy.root_device.type, trainer.precision
     if device == "cuda" and precision == "32-true":
         precision += f" ({tf32_note()})"
+    if device == "cpu" and precision == "bf16-mixed" and not host.cpu_has_bf16():
+        precision += f" ({BF16_EMULATED})"
     print(f"model: {type(model).__name__} ({shown}), {len(pl_module.hparams['vocab'])} "
           f"characters, {count:,} parameters ({size:.1f} MiB); training on {device} in "
           f"{precision}", file=stream or sys.stdout, flush=True)

@@ -4,14 +4,12 @@ whether a GPU's fp32 matrix products may use TensorFloat-32."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 
+from charrnn import host
 from charrnn.errors import CharRNNError
-
-CPUINFO = Path("/proc/cpuinfo")
 
 
 def on_gpu(accelerator: str) -> bool:
@@ -19,29 +17,41 @@ def on_gpu(accelerator: str) -> bool:
     return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
-BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # bf16 matrix instructions (Intel AMX, AVX-512 BF16)
-
-
-def cpu_has_bf16() -> bool:
-    try:
-        flags = set(CPUINFO.read_text().split())
-    except OSError:
-        return False
-    return any(flag in flags for flag in BF16_FLAGS)
-
-
 def resolve_precision(precision: str | int, accelerator: str = "auto") -> str | int:
     """`auto`: bf16-mixed where bf16 matrix multiplication is fast, else the seed's 32-true.
 
-    On a CPU that means bf16 matrix instructions (amx_bf16 or avx512_bf16 in /proc/cpuinfo):
-    elsewhere bf16 matmuls are emulated or barely faster, for a loss of precision. On a GPU auto
+    On a CPU that means bf16 matrix instructions (`charrnn.host.cpu_has_bf16`): elsewhere bf16
+    matmuls are emulated or barely faster, for a loss of precision. On a GPU auto
     keeps fp32 (docs/performance.md).
     """
     if precision != "auto":
         return precision
     if on_gpu(accelerator):
         return "32-true"
-    return "bf16-mixed" if cpu_has_bf16() else "32-true"
+    return "bf16-mixed" if host.cpu_has_bf16() else "32-true"
+
+
+def check_cpu_precision(precision: str | int, accelerator: str) -> None:
+    """Refuse, before a run starts, a precision that computes in bf16 on a CPU whose oneDNN has
+    no bf16 kernels (x86 without AVX-512: most laptops and cloud VMs). There bf16 is emulated:
+    measured on such a CPU, the default model trained 3 times and the Transformer about 40 times
+    slower than in fp32, and oneDNN has no bf16 LSTM at all (docs/performance.md, bf16)."""
+    precision = str(precision)
+    if not precision.startswith(("bf16", "16")) or on_gpu(accelerator) or host.onednn_has_bf16():
+        return
+    as_bf16 = "" if precision.startswith("bf16") else " (a CPU runs it as bf16)"
+    raise CharRNNError(
+        f"trainer.precision={precision}{as_bf16} needs bf16 instructions, and this CPU has none "
+        f"that PyTorch can use: oneDNN, which runs bf16 and the LSTM on a CPU, needs AVX-512, and "
+        f"torch finds {torch.backends.cpu.get_cpu_capability()} here. Emulated, bf16 trained the "
+        "default model 3 times and the Transformer about 40 times slower than fp32 on such a "
+        "CPU. Use trainer.precision=32-true (the default) or auto, which picks bf16 only where "
+        "the CPU has it (docs/machines.md)."
+    )
+
+
+# The model line's note on a CPU without bf16 matrix instructions (docs/performance.md, bf16)
+BF16_EMULATED = "emulated: no bf16 instructions found on this CPU, 32-true is faster here"
 
 
 class CachedBF16Autocast(MixedPrecision):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -15,7 +16,7 @@ from lightning.pytorch.profilers import PassThroughProfiler
 from omegaconf import DictConfig, OmegaConf
 
 from charrnn.errors import CharRNNError, check_gpu, check_int, check_number
-from charrnn.training.precision import precision_arguments
+from charrnn.training.precision import check_cpu_precision, precision_arguments
 
 PROFILERS = ("simple", "advanced", "pytorch")  # trainer.profiler: Lightning's, by name
 WHERE = "conf/train/trainer/default.yaml"
@@ -56,12 +57,31 @@ def check_trainer_args(args: dict[str, Any]) -> None:
     if args.get("accelerator") in ("gpu", "cuda"):
         check_gpu(f"trainer.accelerator={args['accelerator']}",
                   "trainer.accelerator=auto (a GPU when there is one) or cpu")
+    check_cpu_precision(args.get("precision", "32-true"),
+                        resolve_accelerator(args.get("accelerator", "auto")))
+    if args.get("accelerator") == "mps":
+        raise CharRNNError(
+            "trainer.accelerator=mps (Apple's GPU) is not supported: this project's training is "
+            "tested on CPUs and NVIDIA GPUs only, and its bf16 path, fused kernel and gradient "
+            "diagnostics are not written for MPS. Use trainer.accelerator=cpu (what auto picks "
+            "on a Mac) or auto."
+        )
+
+
+def resolve_accelerator(accelerator: str) -> str:
+    """`auto` as Lightning reads it (a CUDA GPU when there is one), except that Apple's GPU,
+    which Lightning would pick on a Mac, is left for the CPU (see check_trainer_args)."""
+    if accelerator == "auto" and not torch.cuda.is_available() and (
+            torch.backends.mps.is_available()):
+        return "cpu"
+    return accelerator
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[Callback]) -> L.Trainer:
     """The Trainer of conf/train/trainer/, logging to TensorBoard in the run folder."""
     run_dir = Path(cfg.run_dir)
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)  # checked by prepare()
+    trainer_args["accelerator"] = resolve_accelerator(trainer_args.get("accelerator", "auto"))
     trainer_args.update(precision_arguments(trainer_args.get("precision", "32-true"),
                                             trainer_args.get("accelerator", "auto")))
     trainer_args["profiler"] = trainer_args.get("profiler") or NoProfiler()

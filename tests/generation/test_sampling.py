@@ -133,10 +133,15 @@ def test_bad_checkpoint_files_are_refused_without_running_code(trained, tmp_path
     (tmp_path / "evil.ckpt").write_bytes(pickle.dumps({"state_dict": RunsCode(marker)}))
     torch.save({"state_dict": {}, "hyper_parameters": {"vocab": RunsCode(marker)}},
                tmp_path / "evil2.ckpt")
+    torch.save({"state_dict": {}, "hyper_parameters": {"vocab": tmp_path}}, tmp_path / "path.ckpt")
     for name, why in [("truncated.ckpt", "truncated or damaged: "),
                       ("text.ckpt", "not a file torch.save writes"),
                       ("evil.ckpt", "not a file torch.save writes"),
-                      ("evil2.ckpt", "objects a safe, weights-only load refuses: Trying to")]:
+                      ("evil2.ckpt", "objects a safe, weights-only load refuses: Trying to load "
+                                     "unsupported GLOBAL posix.system whose module posix is "
+                                     "blocked.). Set ckpt_path"),
+                      ("path.ckpt", "refuses: Unsupported global: GLOBAL pathlib.PosixPath was "
+                                    "not an allowed global by default.). Set ckpt_path")]:
         with pytest.raises(CharRNNError, match="not a loadable charrnn checkpoint") as err:
             load_model(tmp_path / name)
         assert why in str(err.value)

@@ -106,10 +106,11 @@ def test_a_one_epoch_sweep_draws_points(tmp_path, monkeypatch):
     rows = [{"job": f"{i}_a-{i}", "status": "ok", "swept": {"a": str(i)}, "test_ppl": 5.0 + i,
              "overrides": f"a={i} b=2"} for i in range(2)]
     monkeypatch.setattr(report, "read_scalars", lambda folder: {"val/ppl": [(10, 6.0)]})
-    drawn = []
+    drawn = []  # the figures closed (matplotlib < 3.8 also closes "all" on switching backend)
     monkeypatch.setattr(plt, "close", lambda fig: drawn.append(fig))
     report.write_plot(rows, tmp_path)
-    curves = drawn[0].axes[1].lines
+    (figure,) = [fig for fig in drawn if not isinstance(fig, str)]
+    curves = figure.axes[1].lines
     assert len(curves) == 2 and all(line.get_marker() == "o" for line in curves)
     assert report.fixed_overrides(rows) == ["b=2"]
 

@@ -68,27 +68,51 @@ def check_shared(study: optuna.Study, n_trials: int, folders: list[Path]) -> Non
 
 def two_workers(corpus, cwd, env, storage_args, folders, n_trials=6, kill_first=False):
     """Two searches started together on one study; with `kill_first`, the first is killed
-    (SIGKILL, its process group) while a trial of its own trains."""
+    (SIGKILL, its process group) while a trial of its own trains. Returns the numbers of the
+    trials the first may have been running (one of them is its), and the second's output."""
     args = search_args(corpus, f"hydra.sweeper.n_trials={n_trials}", *storage_args)
     if kill_first:
         args += ["trainer.max_epochs=25", "early_stopping.patience=100"]
     first = start([*args, f"hydra.sweep.dir={folders[0]}"], cwd, env)
     second = start([*args, f"hydra.sweep.dir={folders[1]}"], cwd, env)
-    killed = None
+    candidates: set[int] = set()
     if kill_first:
         deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            mine = sorted((cwd / folders[0]).glob("trial-*/checkpoints/last.ckpt"))
-            if mine:
-                killed = int(mine[0].parent.parent.name.split("-")[1])
-                break
+        while not candidates and time.monotonic() < deadline:
+            candidates = training_in(cwd, folders)
             time.sleep(0.1)
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
     else:
         finish(first)
     out, _ = finish(second)
-    return killed, out
+    return candidates, out
+
+
+def training_in(cwd: Path, folders: list[Path]) -> set[int]:
+    """Trials training now (a checkpoint written) that the first worker may be running: those in
+    its own folder; in a folder both share, the two running trials once there are two (each
+    worker runs one trial at a time, so one of them is the first's, whichever got there first).
+    """
+    def numbers(folder: Path) -> set[int]:
+        return {int(p.parent.parent.name.split("-")[1])
+                for p in (cwd / folder).glob("trial-*/checkpoints/last.ckpt")}
+
+    if folders[0] != folders[1]:
+        return numbers(folders[0])
+    if len(numbers(folders[0])) < 2 or not (cwd / folders[0] / "storage.json").is_file():
+        return set()
+    running = {t.number for t in load_study(cwd / folders[0]).get_trials(
+        deepcopy=False, states=(TrialState.RUNNING,))}
+    training = running & numbers(folders[0])
+    return training if len(training) == 2 else set()
+
+
+def the_lost_trial(study: optuna.Study, candidates: set[int]) -> optuna.trial.FrozenTrial:
+    """The one trial marked interrupted, the killed worker's: failed, and one it may have run."""
+    (lost,) = [t for t in study.trials if t.user_attrs.get("interrupted")]
+    assert lost.number in candidates and lost.state == TrialState.FAIL
+    return lost
 
 
 def test_two_workers_share_a_study_on_postgres(postgres, corpus, tmp_path, monkeypatch):
@@ -110,16 +134,15 @@ def test_a_killed_worker_s_trial_is_failed_and_run_again_on_postgres(postgres, c
     postgres.create_database("kill")
     env = {**os.environ, "CHARRNN_STORAGE_PASSWORD": PASSWORD}
     folders = [Path("outputs/k1"), Path("outputs/k2")]
-    killed, out = two_workers(corpus, tmp_path, env,
-                              [f"hydra.sweeper.storage={postgres.url('kill')}"], folders,
-                              n_trials=4, kill_first=True)
+    candidates, out = two_workers(corpus, tmp_path, env,
+                                  [f"hydra.sweeper.storage={postgres.url('kill')}"], folders,
+                                  n_trials=4, kill_first=True)
     study = optuna.load_study(study_name="rnn", storage=optuna.storages.RDBStorage(
         postgres.url("kill", password=True)))
-    lost = next(t for t in study.trials if t.number == killed)
-    assert lost.state == TrialState.FAIL and lost.user_attrs["interrupted"]
-    again = [t for t in study.trials if t.user_attrs.get("rerun_of") == killed]
+    lost = the_lost_trial(study, candidates)
+    again = [t for t in study.trials if t.user_attrs.get("rerun_of") == lost.number]
     assert len(again) == 1 and again[0].params == lost.params
-    assert f"trials [{killed}] were interrupted" in out
+    assert f"trials [{lost.number}] were interrupted" in out
     check_shared(study, 4, [tmp_path / f for f in folders])
 
 
@@ -133,11 +156,10 @@ def test_the_same_on_a_journal_file(corpus, tmp_path):
     assert "6 trials: 6 complete" in (tmp_path / shared / "summary.md").read_text()
 
     killed_folder = Path("outputs/jk")
-    killed, _ = two_workers(corpus, tmp_path, env, ["hydra.sweeper.storage=journal"],
-                            [killed_folder, killed_folder], n_trials=4, kill_first=True)
+    candidates, _ = two_workers(corpus, tmp_path, env, ["hydra.sweeper.storage=journal"],
+                                [killed_folder, killed_folder], n_trials=4, kill_first=True)
     study = load_study(tmp_path / killed_folder)
-    lost = next(t for t in study.trials if t.number == killed)
-    assert lost.state == TrialState.FAIL and lost.user_attrs["interrupted"]
+    the_lost_trial(study, candidates)
     check_shared(study, 4, [tmp_path / killed_folder])
 
 
