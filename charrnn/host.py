@@ -1,12 +1,13 @@
-"""What the machine we run on offers, asked portably: the CPU's bf16 support and this process's
-memory. Linux answers through /proc; on macOS and Windows every function has a fallback (an
-answer of "no" or None), never an error.
+"""What the machine we run on offers, asked portably: the CPU's bf16 support, this process's
+memory, the cores it may use. Linux answers through /proc and affinity; on macOS and Windows every
+function has a fallback (an answer of "no", None or the machine's count), never an error.
 
 May import charrnn.errors only (it needs nothing of charrnn)."""
 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -58,3 +59,10 @@ def peak_rss_mb() -> float | None:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (Linux: its affinity; elsewhere: the machine's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

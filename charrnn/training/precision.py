@@ -31,20 +31,24 @@ def resolve_precision(precision: str | int, accelerator: str = "auto") -> str | 
     return "bf16-mixed" if host.cpu_has_bf16() else "32-true"
 
 
+# Lightning's precisions that compute in bf16 on a CPU (it runs 16-mixed as bf16-mixed there)
+CPU_BF16 = ("bf16-mixed", "bf16-true", "bf16", "16-mixed", "16")
+
+
 def check_cpu_precision(precision: str | int, accelerator: str) -> None:
     """Refuse, before a run starts, a precision that computes in bf16 on a CPU whose oneDNN has
     no bf16 kernels (x86 without AVX-512: most laptops and cloud VMs). There bf16 is emulated:
-    measured on such a CPU, the default model trained 3 times and the Transformer about 40 times
+    measured on such a CPU, the default model trained 3 times and the Transformer 16 times
     slower than in fp32, and oneDNN has no bf16 LSTM at all (docs/performance.md, bf16)."""
     precision = str(precision)
-    if not precision.startswith(("bf16", "16")) or on_gpu(accelerator) or host.onednn_has_bf16():
+    if precision not in CPU_BF16 or on_gpu(accelerator) or host.onednn_has_bf16():
         return
     as_bf16 = "" if precision.startswith("bf16") else " (a CPU runs it as bf16)"
     raise CharRNNError(
         f"trainer.precision={precision}{as_bf16} needs bf16 instructions, and this CPU has none "
         f"that PyTorch can use: oneDNN, which runs bf16 and the LSTM on a CPU, needs AVX-512, and "
         f"torch finds {torch.backends.cpu.get_cpu_capability()} here. Emulated, bf16 trained the "
-        "default model 3 times and the Transformer about 40 times slower than fp32 on such a "
+        "default model 3 times and the Transformer 16 times slower than fp32 on such a "
         "CPU. Use trainer.precision=32-true (the default) or auto, which picks bf16 only where "
         "the CPU has it (docs/machines.md)."
     )

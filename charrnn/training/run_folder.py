@@ -5,13 +5,13 @@ Loading a checkpoint safely is charrnn.generation.loading's."""
 from __future__ import annotations
 
 import itertools
-import os
 import shutil
 from datetime import datetime
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from charrnn import host
 from charrnn.errors import CharRNNError, folder_error, os_error_reason, unwritable_reason
 
 # A run folder's layout.
@@ -113,7 +113,7 @@ def register_resolvers() -> None:
     # conf/train/launcher/parallel.yaml: divide the cores among jobs running at the same time.
     OmegaConf.register_new_resolver(
         "charrnn_threads_per_job",
-        lambda n_jobs: max(1, len(os.sched_getaffinity(0)) // max(1, int(n_jobs))),
+        lambda n_jobs: max(1, host.usable_cores() // max(1, int(n_jobs))),
         replace=True,
     )
 

@@ -56,6 +56,18 @@ def test_a_generation_streams_its_characters(served):
         assert c.get("/api/status").json()["streams"] == 0
 
 
+def test_status_says_null_where_the_system_does_not_tell_memory(served, monkeypatch):
+    from charrnn import host
+
+    with client(served) as c:
+        status = c.get("/api/status").json()
+        assert status["rss_mb"] > 0 and status["max_rss_mb"] > 0  # Linux
+        monkeypatch.setattr(host, "rss_mb", lambda: None)  # macOS and Windows
+        monkeypatch.setattr(host, "peak_rss_mb", lambda: None)  # Windows
+        status = c.get("/api/status").json()
+        assert status["rss_mb"] is None and status["max_rss_mb"] is None
+
+
 @pytest.mark.parametrize(("body", "status", "says"), [
     ({"temperature": -1}, 400, "temperature must be a number >= 0"),
     ({"temperature": "warm"}, 400, "temperature must be a number >= 0"),

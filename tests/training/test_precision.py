@@ -45,7 +45,7 @@ def test_every_cell_trains_in_bf16(tiny_cfg, cell):
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed", "bf16-true"])
 def test_bf16_on_a_cpu_without_it_is_refused_before_the_run(tiny_cfg, tmp_path, monkeypatch,
                                                              precision):
-    """On a CPU whose oneDNN has no bf16 kernels (no AVX-512) bf16 is emulated, 3 to 40 times
+    """On a CPU whose oneDNN has no bf16 kernels (no AVX-512) bf16 is emulated, 3 to 16 times
     slower than fp32, and has no LSTM at all: the run stops before it starts, naming what the
     CPU lacks and the setting that works. auto and 32-true train."""
     monkeypatch.setattr(host, "onednn_has_bf16", lambda: False)
