@@ -6,6 +6,7 @@ import errno
 import inspect
 import math
 import os
+import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -96,12 +97,12 @@ def unwritable_reason(folder: Path) -> str | None:
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not existing.is_dir():
         return f"a file is in the way: {existing} is a file, not a folder"
-    stats = os.statvfs(existing)
-    if stats.f_flag & os.ST_RDONLY:
+    # statvfs is POSIX only (not on Windows, where os.access tells a read-only folder too)
+    if hasattr(os, "statvfs") and os.statvfs(existing).f_flag & os.ST_RDONLY:
         return f"{existing} is on a read-only file system"
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"no permission to write in {existing}"
-    if stats.f_bavail == 0:
+    if shutil.disk_usage(existing).free == 0:
         return f"the disk holding {existing} is full"
     return None
 

@@ -44,3 +44,16 @@ def test_usable_cores_without_affinity(monkeypatch):
     assert host.usable_cores() == 6
     monkeypatch.setattr(os, "cpu_count", lambda: None)
     assert host.usable_cores() == 1
+
+
+def test_a_writable_folder_is_told_without_statvfs(monkeypatch, tmp_path):
+    """Windows has no os.statvfs: the checks of output folders still answer."""
+    from charrnn.errors import unwritable_reason
+
+    import shutil
+
+    monkeypatch.delattr(os, "statvfs")  # shutil.disk_usage asks Windows itself there
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(9, 8, 1))
+    assert unwritable_reason(tmp_path / "new" / "folder") is None
+    (tmp_path / "file").write_text("x")
+    assert "is a file" in unwritable_reason(tmp_path / "file" / "below")

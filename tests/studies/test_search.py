@@ -143,8 +143,9 @@ def test_a_killed_search_continues_in_its_folder(corpus, tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     sweep = tmp_path / "outputs" / "s"
-    deadline = time.monotonic() + 120
-    while not list(sweep.glob("trial-0/checkpoints/last.ckpt")) and time.monotonic() < deadline:
+    deadline = time.monotonic() + 600  # killed only once trial 0 trains, however busy the CPU
+    while not list(sweep.glob("trial-0/checkpoints/last.ckpt")):
+        assert proc.poll() is None and time.monotonic() < deadline, "trial 0 never trained"
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -176,10 +177,16 @@ def test_ctrl_c_prints_the_command_that_continues_the_search_and_it_does(corpus,
             "trainer.max_epochs=40", "early_stopping.patience=100", "hydra.sweeper.n_trials=3",
             "hydra.sweeper.pruner.kind=none", "hydra.sweep.dir=outputs/s"]
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args[1:]], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a suite run in the background would start it with SIGINT ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     sweep = tmp_path / "outputs" / "s"
-    deadline = time.monotonic() + 120
-    while not list(sweep.glob("trial-1/checkpoints/last.ckpt")) and time.monotonic() < deadline:
+    # Ctrl-C only once trial 1 trains, however long trial 0 takes on a busy machine
+    deadline = time.monotonic() + 600
+    while not list(sweep.glob("trial-1/checkpoints/last.ckpt")):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"trial 1 never trained:\n{proc.communicate()[1][-3000:]}")
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)

@@ -77,9 +77,9 @@ def two_workers(corpus, cwd, env, storage_args, folders, n_trials=6, kill_first=
     second = start([*args, f"hydra.sweep.dir={folders[1]}"], cwd, env)
     candidates: set[int] = set()
     if kill_first:
-        deadline = time.monotonic() + 240
-        while not candidates and time.monotonic() < deadline:
-            candidates = training_in(cwd, folders)
+        deadline = time.monotonic() + 600  # however busy the CPU: killed while it trains
+        while not (candidates := training_in(cwd, folders)):
+            assert first.poll() is None and time.monotonic() < deadline, "no trial trained"
             time.sleep(0.1)
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
