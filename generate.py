@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from charrnn.cli import ENTRY_POINTS, fail, multirun, newest_run, prepare_overrides
 from charrnn.data.vocab import CharVocab, read_text
 from charrnn.errors import CharRNNError, check_int, os_error_reason, unwritable_reason
+from charrnn.export.run import check_format, export_run
 from charrnn.generation.dynamic import check_dynamic_args
 from charrnn.generation.loading import check_device, load_model
 from charrnn.generation.sampling import sample_metrics, sample_text, score_text
@@ -26,6 +27,8 @@ from charrnn.training.run_folder import (
 )
 
 register_resolvers()
+
+MODES = ("sample", "score", "serve", "export")
 
 
 def generate(cfg: DictConfig, stream=sys.stdout) -> list[str] | dict:
@@ -40,8 +43,11 @@ def generate(cfg: DictConfig, stream=sys.stdout) -> list[str] | dict:
             )
         print(f"ckpt_path not given: using the newest run, {newest}", file=sys.stderr)
         cfg.ckpt_path = str(newest)
-    if cfg.mode not in ("sample", "score", "serve"):
-        raise CharRNNError(f"mode must be sample, score or serve, got {cfg.mode!r}.")
+    if cfg.mode not in MODES:
+        raise CharRNNError(f"mode must be {', '.join(MODES[:-1])} or {MODES[-1]}, got "
+                           f"{cfg.mode!r} (conf/generate/generate.yaml).")
+    if cfg.mode == "export":
+        check_format(cfg.format)
     check_int("seed", cfg.seed, "conf/generate/generate.yaml", minimum=0)
     output = Path(to_absolute_path(cfg.output)) if cfg.output is not None else None
     if output is not None:
@@ -49,6 +55,8 @@ def generate(cfg: DictConfig, stream=sys.stdout) -> list[str] | dict:
     ckpt = resolve_checkpoint(to_absolute_path(cfg.ckpt_path), "best")
     if cfg.mode == "serve":
         return serve_page(cfg, ckpt)
+    if cfg.mode == "export":
+        return export(cfg, ckpt, output)
     model, vocab = load_model(ckpt, cfg.device)
     if cfg.mode == "score":
         result = score(cfg, ckpt, model, vocab, stream)
@@ -104,6 +112,16 @@ def serve_page(cfg: DictConfig, ckpt: Path) -> None:
         run_id = str(shown)
     serve(ckpt, run_id, cfg.host, cfg.port, cfg.max_length, cfg.max_streams, outputs,
           cfg.device)
+
+
+def export(cfg: DictConfig, ckpt: Path, output: Path | None) -> Path:
+    """mode=export: the run as one HTML page or an ONNX model (docs/export.md)."""
+    written = export_run(ckpt, cfg.format, output)
+    size = written.stat().st_size / 1e6
+    use = ("open it in any browser, offline" if cfg.format == "html"
+           else "run it with onnxruntime (docs/export.md)")
+    print(f"wrote {written} ({size:.2f} MB): {use}.", file=sys.stderr)
+    return written
 
 
 def check_output(output: Path, given: str) -> None:

@@ -48,9 +48,9 @@ def test_usable_cores_without_affinity(monkeypatch):
 
 def test_a_writable_folder_is_told_without_statvfs(monkeypatch, tmp_path):
     """Windows has no os.statvfs: the checks of output folders still answer."""
-    from charrnn.errors import unwritable_reason
-
     import shutil
+
+    from charrnn.errors import unwritable_reason
 
     monkeypatch.delattr(os, "statvfs")  # shutil.disk_usage asks Windows itself there
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(9, 8, 1))

@@ -14,11 +14,12 @@ import pytest
 from tests.conftest import ROOT
 
 # Lowest first: a module may import its own layer and the layers before it, never one after.
-LAYERS = ("errors", "host", "data", "models", "generation", "training", "studies", "serve", "tools")
+LAYERS = ("errors", "host", "data", "models", "generation", "training", "studies", "serve",
+          "export", "tools")
 # Third-party packages a layer may not import: a model and generation need plain torch only,
 # and only the serve layer knows the web.
 WEB = ("starlette", "uvicorn", "fastapi")
-FORBIDDEN = {"data": WEB, "training": WEB, "studies": WEB,
+FORBIDDEN = {"data": WEB, "training": WEB, "studies": WEB, "export": WEB,
              "models": ("lightning", "pytorch_lightning", "hydra", *WEB),
              "generation": ("lightning", "pytorch_lightning", "hydra", *WEB)}
 

@@ -2,7 +2,7 @@
 
     python -m charrnn.bench                  # training and generation, default sizes
     python -m charrnn.bench --only train     # one group: train | kernel | generate | corpus |
-                                             # overhead | cudnn | profile | serve
+                                             # overhead | cudnn | profile | serve | export
     python -m charrnn.bench --tiny           # seconds: a smoke test of the harness itself
     python -m charrnn.bench --device cpu     # train on the CPU even when a GPU is present
     python -m charrnn.bench --only overhead --set vanishing.every_n_steps=0  # what it costs
@@ -43,9 +43,13 @@ serve:  the generation page's server (`generate.py mode=serve`, a process of its
         and 32 concurrent streams on loopback: total characters/s and time to the first
         character (p50, p99), beside generate.py's 1- and 64-sample rates (not in the default
         set: it needs the serve extra).
+export: the page that `generate.py mode=export` writes, in headless Chromium: characters/s of
+        its `generate` for rnn, gru and lstm at --hidden-size, beside generate.py's one stream
+        of the same model, and each exported file's size (not in the default set: it needs
+        Chromium and Playwright).
 
 The groups live in loops.py (train, overhead, profile), kernels.py (kernel, cudnn),
-generation.py, serving.py and corpus.py; measure.py holds the clocks, memory readings and
+generation.py, serving.py, export.py and corpus.py; measure.py holds the clocks, memory readings and
 workers they share.
 """
 
@@ -59,7 +63,7 @@ from pathlib import Path
 
 import torch
 
-from charrnn.bench import corpus, generation, kernels, loops, serving
+from charrnn.bench import corpus, export, generation, kernels, loops, serving
 from charrnn.bench.measure import ROOT, resolve_device
 
 __all__ = ["DEFAULT_GROUPS", "GROUPS", "ROOT", "main", "resolve_device"]
@@ -67,7 +71,8 @@ __all__ = ["DEFAULT_GROUPS", "GROUPS", "ROOT", "main", "resolve_device"]
 GROUPS = {"train": loops.bench_train, "kernel": kernels.bench_kernel,
           "generate": generation.bench_generate, "corpus": corpus.bench_corpus,
           "overhead": loops.bench_overhead, "cudnn": kernels.bench_cudnn,
-          "profile": loops.bench_profile, "serve": serving.bench_serve}
+          "profile": loops.bench_profile, "serve": serving.bench_serve,
+          "export": export.bench_export}
 DEFAULT_GROUPS = ("train", "kernel", "generate")
 # One configuration each, run by measure.run_worker in a process of its own.
 WORKERS = {**loops.WORKERS, **corpus.WORKERS}
@@ -124,6 +129,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     width = max(map(len, results))
     for key, value in results.items():
         shown = f"{value:,.3f}" if abs(value) < 100 else f"{value:,.0f}"
+        if 0 < abs(value) < 1e-3:  # a difference between two computations of the same thing
+            shown = f"{value:.2e}"
         print(f"{key:<{width}}  {shown:>14}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")

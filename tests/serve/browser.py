@@ -8,19 +8,12 @@ Used by test_browser.py, and to make docs/serve.png from a trained run:
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
-# Chromium as root needs --no-sandbox; the rest keeps it from reaching for Google's servers
-# (this machine has no network) and from a GPU it does not have.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
+from charrnn.bench.export import CHROMIUM_ARGS, chromium
 
-
-def chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
+__all__ = ["CHROMIUM_ARGS", "chromium", "tour"]
 
 
 def tour(url: str, screenshot: Path, prompt: str = "ROMEO:", length: int = 400,

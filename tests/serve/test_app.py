@@ -165,11 +165,12 @@ def test_score_is_generate_pys_number_and_each_character_has_its_surprisal(serve
 def test_the_page_works_offline():
     """The page and its files: no build step, nothing fetched from another site."""
     names = {p.name for p in STATIC.iterdir()}
-    assert {"index.html", "app.js", "style.css"} <= names
+    assert {"index.html", "common.js", "app.js", "style.css"} <= names
     for path in STATIC.iterdir():
         text = path.read_text(encoding="utf-8")
         assert "http://" not in text and "https://" not in text, path.name
-    assert (Path(STATIC) / "index.html").read_text().count('src="/static/') == 1
+    scripts = (Path(STATIC) / "index.html").read_text().count('src="/static/')
+    assert scripts == 2  # common.js (shared with the exported page), then app.js
 
 
 def test_units_worth_watching_and_a_text_against_counting(served):
