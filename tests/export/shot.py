@@ -26,7 +26,9 @@ def screenshot(page_path: Path, out: Path, prompt: str = "ROMEO:", length: int =
         page.fill("#length", str(length))
         page.click("#generate")
         expect(page.locator("#generate")).to_be_enabled(timeout=60_000)
-        page.locator("#out span.c").nth(120).click()
+        chars = page.locator("#out span.c")
+        letter = next(i for i in range(120, chars.count()) if chars.nth(i).inner_text().isalpha())
+        chars.nth(letter).click()  # pinned: its candidates stay in the panel
         page.screenshot(path=str(out))
         browser.close()
 
