@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -41,12 +42,23 @@ def search_args(corpus: Path, *extra: str) -> list[str]:
 
 
 def start(args: list[str], cwd: Path, env: dict) -> subprocess.Popen:
-    return subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    """A worker whose output goes to files, not pipes: a pipe nobody reads while the test
+    waits fills up, and the worker then blocks on its next line."""
+    logs = Path(tempfile.mkdtemp(dir=cwd, prefix="worker-"))
+    with open(logs / "out", "w") as out, open(logs / "err", "w") as err:
+        proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=out, stderr=err, text=True,
+                                start_new_session=True)
+    proc.logs = logs
+    return proc
+
+
+def output(proc: subprocess.Popen) -> tuple[str, str]:
+    return tuple((proc.logs / name).read_text() for name in ("out", "err"))
 
 
 def finish(proc: subprocess.Popen) -> tuple[str, str]:
-    out, err = proc.communicate(timeout=600)
+    proc.wait(timeout=600)
+    out, err = output(proc)
     assert proc.returncode == 0, err[-3000:]
     return out, err
 
@@ -79,7 +91,12 @@ def two_workers(corpus, cwd, env, storage_args, folders, n_trials=6, kill_first=
     if kill_first:
         deadline = time.monotonic() + 600  # however busy the CPU: killed while it trains
         while not (candidates := training_in(cwd, folders)):
-            assert first.poll() is None and time.monotonic() < deadline, "no trial trained"
+            if first.poll() is not None or time.monotonic() > deadline:
+                for proc in (first, second):
+                    proc.kill()
+                pytest.fail("no trial of the first worker trained; its output:\n"
+                            + output(first)[1][-3000:] + "\nthe second's:\n"
+                            + output(second)[1][-3000:])
             time.sleep(0.1)
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
