@@ -3,7 +3,8 @@
     GET  /                 the page (static files shipped in charrnn/serve/static/)
     GET  /api/runs         the runs the page can pick, with cell, size and perplexities
     GET  /api/model?run=   a run's vocabulary and shape
-    POST /api/generate     a stream of generated characters (server-sent events)
+    POST /api/generate     a stream of generated characters (server-sent events); with
+                           `fork`, a branch from a point of another text (the page's tree)
     POST /api/score        a text's perplexity and each character's surprisal
     GET  /api/units?run=   the hidden units worth watching (the memory view)
     POST /api/versus       a text scored by the model and by the n-gram (the vs-counting view)
@@ -72,7 +73,7 @@ async def read_json(request: Request) -> dict[str, Any]:
 def sampling_settings(data: dict[str, Any], vocab: CharVocab, model: CharModel,
                       max_length: int) -> dict[str, Any]:
     """The settings of a generation request, checked as generate.py checks its keys."""
-    known = {"prompt", "temperature", "top_k", "length", "seed", "run", "unit"}
+    known = {"prompt", "temperature", "top_k", "length", "seed", "run", "unit", "fork"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise CharRNNError(f"unknown setting {unknown[0]!r}: the settings are "
@@ -95,6 +96,52 @@ def sampling_settings(data: dict[str, Any], vocab: CharVocab, model: CharModel,
     if unit is not None:
         settings["unit"] = check_unit(unit, model)
     return settings
+
+
+def fork_prefix(fork: Any, settings: dict[str, Any], vocab: CharVocab,
+                max_length: int) -> tuple[str, str, int]:
+    """A fork {"text", "at", "char"}: the branch's text as shown (prompt, then generated
+    characters), the index in it of the generated character to replace, and the candidate
+    drawn there instead. Returns the text the model reads first (the prompt, or the newline an
+    empty prompt starts from, and the characters before `at`), the candidate, and how many
+    characters the new branch still generates (the same total as `length`)."""
+    ok = isinstance(fork, dict) and set(fork) == {"text", "at", "char"}
+    if not ok or not isinstance(fork["text"], str) or not isinstance(fork["char"], str) or (
+            isinstance(fork["at"], bool) or not isinstance(fork["at"], int)):
+        raise CharRNNError('fork must be {"text": the branch\'s text, "at": the index of a '
+                           'generated character in it, "char": the candidate drawn there}, '
+                           f"got {fork!r}.")
+    text, at, char, prompt = fork["text"], fork["at"], fork["char"], settings["prompt"]
+    if len(text) > 2 * max_length or not text.startswith(prompt) or vocab.unknown(text):
+        raise CharRNNError("fork.text must be a branch's text: the prompt, then at most "
+                           f"{max_length} characters of the vocabulary.")
+    generated = len(text) - len(prompt)
+    if not len(prompt) <= at < len(text) or at - len(prompt) >= settings["length"]:
+        raise CharRNNError(
+            f"fork.at={at} is not a generated character of the branch: its generated "
+            f"characters are at {len(prompt)} to {len(prompt) + generated - 1}"
+            + (f", and length={settings['length']} ends the new branch before it"
+               if at - len(prompt) >= settings["length"] else "") + ".")
+    if len(char) != 1 or vocab.unknown(char):
+        raise CharRNNError(f"fork.char must be one character of the vocabulary, got {char!r}.")
+    start = prompt or ("\n" if "\n" in vocab.chars else vocab.chars[0])
+    return start + text[len(prompt) : at], char, settings["length"] - (at - len(prompt))
+
+
+def check_candidate(logits: torch.Tensor, char: str, at: int, settings: dict[str, Any],
+                    vocab: CharVocab) -> None:
+    """A fork's candidate must be one the distribution drawn from could give (top_k, T = 0)."""
+    index = vocab.chars.index(char)
+    if settings["temperature"] == 0:
+        possible = int(logits.argmax()) == index
+    else:
+        kth = logits.topk(settings["top_k"]).values[-1] if settings["top_k"] else -math.inf
+        possible = bool(logits[index] >= kth)
+    if not possible:
+        how = ("greedy (temperature 0)" if settings["temperature"] == 0
+               else f"top_k={settings['top_k']}")
+        raise CharRNNError(f"fork.char {char!r} had probability 0 at position {at} under "
+                           f"{how}: pick a candidate the panel lists, or change the settings.")
 
 
 def check_unit(unit: Any, model: CharModel) -> tuple[int, int, str]:
@@ -158,6 +205,15 @@ def create_app(models: Models, max_length: int) -> Starlette:
         data = await read_json(request)
         net, vocab, engine = await lookup(data.get("run"))
         settings = sampling_settings(data, vocab, net, max_length)
+        fork = None
+        if data.get("fork") is not None:
+            if "unit" in settings:
+                raise CharRNNError("fork and unit do not go together: a fork continues a "
+                                   "branch of the Generate view.")
+            prefix, char, length = fork_prefix(data["fork"], settings, vocab, max_length)
+            logits, state = await run_in_threadpool(engine.read, prefix)
+            check_candidate(logits, char, data["fork"]["at"], settings, vocab)
+            fork = {"logits": logits, "state": state, "char": char, "length": length}
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
 
@@ -166,7 +222,11 @@ def create_app(models: Models, max_length: int) -> Starlette:
                 loop.call_soon_threadsafe(ready.set)
 
         try:
-            stream = models.start(engine, notify=notify, **settings)
+            if fork is None:
+                stream = models.start(engine, notify=notify, **settings)
+            else:
+                stream = models.fork(engine, notify=notify, **fork, **{
+                    k: settings[k] for k in ("temperature", "top_k", "seed")})
         except Busy as err:
             return JSONResponse({"error": f"the server is busy: {err}. Try again in a moment."},
                                 status_code=429, headers={"Retry-After": "1"})

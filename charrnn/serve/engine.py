@@ -3,7 +3,9 @@
 A stream (one request) joins between steps, reads its prompt one character per step in the same
 batched call that carries the other streams' generation, and leaves as soon as it is done or
 cancelled (its client disconnected or pressed Stop): the next step no longer computes it. A
-worker thread owns the model; the web side reads each stream's characters from its buffer.
+fork (the page's tree) reads its prefix in one model call (`Engine.read`) and joins from the
+state after it, its candidate the first character. A worker thread steps the model; the web
+side reads each stream's characters from its buffer.
 Plain torch and threading: no web imports.
 """
 
@@ -53,6 +55,8 @@ class Stream:
     cancelled: bool = False
     joined: float = field(default_factory=time.perf_counter)
     notify: Callable[[], None] | None = None  # called (from the worker) when items arrive
+
+    state: Any = None  # a fork's state after its prefix, until it joins (None: from zeros)
 
     _noise: torch.Tensor | None = None
     _row: int = 0
@@ -107,7 +111,8 @@ class Engine:
         self._groups: list[_Group] = []
         self._lock = threading.Condition()
         self._closed = False
-        self.steps = 0  # model calls so far (tests, the status page)
+        self.steps = 0  # batched steps so far (tests, the status page)
+        self.reads = 0  # prefixes read whole (forks)
         self._thread = threading.Thread(target=self._run, name="charrnn-engine", daemon=True)
         self._thread.start()
 
@@ -119,6 +124,35 @@ class Engine:
         start = prompt or ("\n" if "\n" in self.vocab.chars else self.vocab.chars[0])
         stream = Stream(deque(self.vocab.encode(start).tolist()), length, float(temperature),
                         top_k, torch.Generator().manual_seed(seed), unit, notify=notify)
+        with self._lock:
+            self._pending.append(stream)
+            self._lock.notify()
+        return stream
+
+    def read(self, text: str) -> tuple[torch.Tensor, Any]:
+        """The next character's logits (V,) after `text`, and the state then: a fork's prefix,
+        read in one model call however long it is (not one step per character)."""
+        with torch.inference_mode():
+            logits, state = self.model(self.vocab.encode(text).long().to(self.device)[None])
+        self.reads += 1
+        return logits[0, -1].float().cpu(), state
+
+    def fork(self, logits: torch.Tensor, state: Any, char: str, length: int,
+             temperature: float, top_k: int | None, seed: int,
+             notify: Callable[[], None] | None = None) -> Stream:
+        """A stream that continues from `state` (what `read` gave for the prefix) with `char`
+        as its first generated character, in place of a draw, then `length - 1` drawn ones
+        with the stream's own seed: the same fork and settings give the same text."""
+        stream = Stream(deque(), length, float(temperature), top_k,
+                        torch.Generator().manual_seed(seed), notify=notify, state=state)
+        forced = self.vocab.encode(char).long()
+        ((_, item),) = _sample(logits[None], [stream], self.vocab, forced=forced)
+        stream.items.append(item)
+        stream.generated = 1
+        if length == 1:
+            stream.done = True
+        else:
+            stream.inputs.append(int(forced[0]))
         with self._lock:
             self._pending.append(stream)
             self._lock.notify()
@@ -155,17 +189,21 @@ class Engine:
                 self._leave()
 
     def _join(self, streams: list[Stream]) -> None:
-        streams = [s for s in streams if not s.cancelled]
-        if not streams:
-            return
-        state = initial_state(self.model, len(streams))
+        streams = [s for s in streams if not (s.cancelled or s.done)]
+        fresh = [s for s in streams if s.state is None]
+        joining = [_Group(fresh, initial_state(self.model, len(fresh)))] if fresh else []
+        for stream in streams:  # forks: each from the state after its own prefix
+            if stream.state is not None:
+                joining.append(_Group([stream], stream.state))
+                stream.state = None
         with self._lock:
-            if self.model.recurrent and self._groups:
-                group = self._groups[0]
-                group.streams += streams
-                group.state = join_rows([group.state, state])
-            else:
-                self._groups.append(_Group(streams, state))
+            for new in joining:
+                if self.model.recurrent and self._groups:
+                    group = self._groups[0]
+                    group.streams += new.streams
+                    group.state = join_rows([group.state, new.state])
+                else:
+                    self._groups.append(new)
 
     def _leave(self) -> None:
         """Drop the streams that are done or cancelled, and their rows of the state."""
@@ -225,10 +263,12 @@ def _activations(state: Any, watched: list[tuple[int, int, str] | None],
             for row, unit in enumerate(watched)]
 
 
-def _sample(logits: torch.Tensor, streams: list[Stream], vocab: CharVocab) -> list[dict]:
+def _sample(logits: torch.Tensor, streams: list[Stream], vocab: CharVocab,
+            forced: torch.Tensor | None = None) -> list[dict]:
     """One character for each row of `logits` (R, V), drawn as generate.py draws it: softmax of
     logits / T over the top k, an exponential race with the stream's own generator (so a
-    stream's text depends on its seed and settings, not on the streams beside it)."""
+    stream's text depends on its seed and settings, not on the streams beside it). `forced`
+    (R,): these characters instead, no noise drawn (a fork), described the same way."""
     temperature = torch.tensor([s.temperature or 1.0 for s in streams])[:, None]  # (R, 1)
     limited = logits
     ks = [s.top_k or logits.shape[1] for s in streams]
@@ -236,12 +276,15 @@ def _sample(logits: torch.Tensor, streams: list[Stream], vocab: CharVocab) -> li
         kth = torch.topk(logits, max(ks), dim=1).values.gather(1, torch.tensor(ks)[:, None] - 1)
         limited = logits.masked_fill(logits < kth, -math.inf)
     probs = F.softmax(limited / temperature, dim=1)  # the distribution drawn from
-    race = torch.stack([s.race(logits.shape[1]) for s in streams])
-    ids = (probs / race).argmax(dim=1)
     greedy = torch.tensor([s.temperature == 0 for s in streams])
+    if forced is None:
+        race = torch.stack([s.race(logits.shape[1]) for s in streams])
+        ids = torch.where(greedy, logits.argmax(dim=1), (probs / race).argmax(dim=1))
+    else:
+        ids = forced
     if greedy.any():  # T = 0: argmax, a distribution with all its mass on one character
-        ids = torch.where(greedy, logits.argmax(dim=1), ids)
-        probs = torch.where(greedy[:, None], F.one_hot(ids, logits.shape[1]).float(), probs)
+        best = F.one_hot(logits.argmax(dim=1), logits.shape[1]).float()
+        probs = torch.where(greedy[:, None], best, probs)
     choosing = torch.exp(-(probs * probs.clamp_min(1e-30).log()).sum(dim=1))  # exp(entropy)
     top_p, top_i = torch.topk(probs, min(TOP, logits.shape[1]), dim=1)
     # Every number of every row in one table, rounded here: one conversion to Python.

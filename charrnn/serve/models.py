@@ -109,9 +109,18 @@ class Models:
     def start(self, engine: Engine, **settings: Any) -> Stream:
         """A new stream on `engine`; Busy when `max_streams` run already, over all models."""
         with self._lock:
-            if sum(e.active() for _, _, e in self._loaded.values()) >= self.max_streams:
-                raise Busy(f"{self.max_streams} streams are running (max_streams)")
+            self._check_room()
             return engine.start(**settings)
+
+    def _check_room(self) -> None:
+        if sum(e.active() for _, _, e in self._loaded.values()) >= self.max_streams:
+            raise Busy(f"{self.max_streams} streams are running (max_streams)")
+
+    def fork(self, engine: Engine, **settings: Any) -> Stream:
+        """A fork's stream on `engine` (Engine.fork); Busy as for `start`."""
+        with self._lock:
+            self._check_room()
+            return engine.fork(**settings)
 
     def close(self) -> None:
         with self._lock:

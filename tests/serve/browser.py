@@ -2,7 +2,8 @@
 
 Used by test_browser.py, and to make docs/serve.png from a trained run:
 
-    python -m tests.serve.browser outputs/<date>/<time> docs/serve.png --memory docs/memory.png
+    python -m tests.serve.browser outputs/<date>/<time> docs/serve.png --memory docs/memory.png \
+        --tree docs/tree.png
 """
 
 from __future__ import annotations
@@ -94,6 +95,34 @@ def tour(url: str, screenshot: Path, prompt: str = "ROMEO:", length: int = 400,
     return seen
 
 
+def tree_shot(url: str, screenshot: Path, prompt: str = "ROMEO:", forks=(60, 140, 220)) -> None:
+    """The Generate view with a few branches: the first text, then a fork at each of `forks`
+    (a generated letter's first other candidate), each from the branch before it."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 980})
+        page.goto(url)
+        expect(page.locator("#run option")).not_to_have_count(0)
+        page.fill("#prompt", prompt)
+        page.locator("#temperature").fill("0.8")
+        page.fill("#length", "400")
+        page.click("#generate")
+        expect(page.locator("#generate")).to_be_enabled(timeout=60_000)
+        for at in forks:
+            chars = page.locator("#out span.c")
+            letter = next(i for i in range(at, chars.count())
+                          if chars.nth(i).inner_text().isalpha())
+            chars.nth(letter).click()
+            page.locator("#info tr.pick").first.click()
+            expect(page.locator("#generate")).to_be_enabled(timeout=60_000)
+        chars = page.locator("#out span.c")
+        chars.nth(forks[-1] + 8).click()  # a character's panel, pinned, with its candidates
+        page.screenshot(path=str(screenshot), full_page=True)
+        browser.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     from charrnn.bench.serving import ServerProcess
 
@@ -102,9 +131,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", type=Path, help="the PNG to write")
     parser.add_argument("--prompt", default="ROMEO:")
     parser.add_argument("--memory", type=Path, help="also a PNG of the memory view")
+    parser.add_argument("--tree", type=Path, help="also a PNG of a tree of forks")
     args = parser.parse_args(argv)
     with ServerProcess(args.run.resolve(), Path.cwd()) as server:
         seen = tour(server.url, args.out, prompt=args.prompt, memory_shot=args.memory)
+        if args.tree is not None:
+            tree_shot(server.url, args.tree, prompt=args.prompt)
     print({k: v for k, v in seen.items() if k not in ("text", "compared")}, file=sys.stderr)
 
 

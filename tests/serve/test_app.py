@@ -196,3 +196,43 @@ def test_units_worth_watching_and_a_text_against_counting(served):
     expected = np.exp(-ngram.log_probs(ids, np.arange(1, len(ids)))[order - 1].mean())
     assert versus["order"] == order and versus["ngram_ppl"] == pytest.approx(expected)
     assert len(versus["model_bits"]) == len(versus["ngram_bits"]) == len(text) - 1
+
+
+def test_a_fork_continues_a_branch_with_another_candidate(served):
+    """The branch before the fork kept, the candidate drawn there, its probability told; the
+    same fork and settings give the same text."""
+    settings = {"prompt": "to be", "length": 80, "seed": 3, "temperature": 0.9}
+    with client(served) as c:
+        first = events(c.post("/api/generate", json=settings))
+        text = "to be" + "".join(item[0] for item in first)
+        at = len("to be") + 20
+        candidate = next(ch for ch in first[20][4] if ch != first[20][0])  # another of its top
+        fork = {"text": text, "at": at, "char": candidate}
+        branch = events(c.post("/api/generate", json={**settings, "fork": fork}))
+        assert branch[0][0] == candidate and 0 < branch[0][1] < 1
+        assert branch[0][1] == dict(zip(first[20][4], first[20][5]))[candidate]  # as offered
+        assert len(branch) == 80 - 20  # the branch as long as its parent
+        again = events(c.post("/api/generate", json={**settings, "fork": fork}))
+        assert [i[0] for i in again] == [i[0] for i in branch]
+
+
+@pytest.mark.parametrize(("fork", "says"), [
+    ({"text": "to be or", "at": 2, "char": "a"},
+     "fork.at=2 is not a generated character of the branch: its generated characters are at 5 "
+     "to 7"),
+    ({"text": "to be or", "at": 8, "char": "a"}, "fork.at=8 is not a generated character"),
+    ({"text": "to be or", "at": 6, "char": "#"}, "fork.char must be one character of the vocab"),
+    ({"text": "to be or", "at": 6, "char": "ab"}, "fork.char must be one character"),
+    ({"text": "not the prompt", "at": 6, "char": "a"}, "fork.text must be a branch's text"),
+    ({"text": "to be or", "at": "6", "char": "a"}, 'fork must be {"text"'),
+    ({"text": "to be or"}, 'fork must be {"text"'),
+])
+def test_a_fork_that_does_not_exist_is_a_400_that_says_why(served, fork, says):
+    with client(served) as c:
+        response = c.post("/api/generate", json={"prompt": "to be", "length": 20, "fork": fork})
+        assert response.status_code == 400 and says in response.json()["error"]
+        top_k = c.post("/api/generate", json={"prompt": "to be", "length": 20, "top_k": 1,
+                                              "fork": {"text": "to be or", "at": 6,
+                                                       "char": "本"}})  # never after "to be "
+        assert top_k.status_code == 400
+        assert "had probability 0 at position 6 under top_k=1" in top_k.json()["error"]

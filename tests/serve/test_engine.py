@@ -138,3 +138,25 @@ def test_a_cancelled_stream_is_not_computed_again(engines):
     steps = engine.steps
     time.sleep(0.05)
     assert engine.steps == steps  # nothing runs for nobody
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "transformer"])
+def test_a_fork_reads_its_prefix_in_one_call_and_goes_on_from_the_candidate(cell, engines):
+    """A 1,500-character prefix costs one model call, not one step per character; then the
+    fork writes its candidate and draws the rest as a stream would after that text."""
+    net = model(cell)
+    engine = engines(net)
+    prefix = ("to be or not to be that is the question\n" * 40)[:1500]
+    calls = []
+    net.register_forward_hook(lambda *args: calls.append(1))
+    logits, state = engine.read(prefix)
+    assert len(calls) == 1 and engine.reads == 1 and engine.steps == 0
+    stream = engine.fork(logits, state, "w", 30, 0.8, None, 5)
+    wait([stream])
+    assert text(stream)[0] == "w" and len(text(stream)) == 30
+    assert engine.steps == 29  # one batched step per character drawn after the candidate
+    probs = torch.softmax(logits / 0.8, dim=0)
+    assert steps(stream)[0]["p"] == pytest.approx(float(probs[VOCAB.chars.index("w")]), abs=1e-4)
+    again = engine.fork(*engine.read(prefix), "w", 30, 0.8, None, 5)
+    wait([again])
+    assert text(again) == text(stream)  # same fork, same seed: same text

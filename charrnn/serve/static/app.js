@@ -1,5 +1,6 @@
 // charrnn's page: generation streamed character by character, what each step chose between,
-// temperatures side by side, and a text's surprisal. No build step, no dependencies.
+// forks into a tree of branches (with a link that replays it), temperatures side by side, and
+// a text's surprisal. No build step, no dependencies.
 "use strict";
 
 const state = { run: null, maxLength: 2000 };
@@ -48,7 +49,7 @@ function step([c, p, q, n, top, topP]) {
 
 // onRead(value): a watched unit's activation after each character read (memory view).
 async function stream(settings, view, signal, onRead) {
-  const response = await postJson("/api/generate", { ...settings, run: state.run }, signal);
+  const response = await postJson("/api/generate", { run: state.run, ...settings }, signal);
   await readEvents(response, (items) => {
     for (const item of items) {
       if (typeof item === "number") {
@@ -63,25 +64,222 @@ async function stream(settings, view, signal, onRead) {
 
 // ---- the views ----
 
+// ---- the Generate view: a tree of branches ----
+// The first text is branch 0; a fork (another candidate picked at a generated character)
+// makes a branch that shares the text before that character and goes on from there. The
+// address's fragment holds the run, the settings and every fork, so a copied link replays
+// the same text and tree on this server.
+
+const tree = { run: null, prompt: "", settings: null, branches: [], current: 0, busy: false };
+let generateView = null;
+let generateController = null;
+
+function controlSettings() {
+  return {
+    temperature: Number($("temperature").value), top_k: numberOrNull($("top_k")),
+    length: Number($("length").value), seed: Number($("seed").value),
+  };
+}
+
+const percent = (p) => (p >= 0.1 ? `${(100 * p).toFixed(0)}%` : `${(100 * p).toPrecision(2)}%`);
+
+function branchLabel(branch) {
+  if (branch.parent === null) return "#0 first text";
+  const p = branch.p === null ? "" : ` (${percent(branch.p)})`;
+  return `#${branch.id} from #${branch.parent} at ${branch.at}: ${shown(branch.char)}${p}`;
+}
+
+// The branch's text in the view, the fork point and the points where other branches leave it
+// marked; the breadcrumb from branch 0 to it and the list of every branch.
+function showBranch(id) {
+  tree.current = id;
+  const branch = tree.branches[id];
+  const start = tree.prompt.length;
+  generateView.clear(tree.prompt);
+  branch.items.forEach((item) => generateView.add(item, shadeProb(item.p)));
+  const spans = generateView.element.querySelectorAll("span.c");
+  const path = [];
+  for (let b = branch; b; b = b.parent === null ? null : tree.branches[b.parent]) path.unshift(b);
+  for (const b of path.slice(1)) {  // where this branch and each of its ancestors forked
+    const span = spans[b.at - start];
+    if (span) {
+      span.classList.add("fork-point");
+      span.title = `branch #${b.id} forked here (${percent(b.p || 0)})`;
+    }
+  }
+  for (const other of tree.branches) {
+    if (other.parent === id && spans[other.at - start] && !path.includes(other)) {
+      spans[other.at - start].classList.add("forked");
+      spans[other.at - start].title = `branch #${other.id} leaves here`;
+    }
+  }
+  $("breadcrumb").innerHTML = path.map((b) =>
+    `<button data-branch="${b.id}">${escapeHtml(branchLabel(b))}</button>`).join(" &rsaquo; ");
+  $("branch-list").innerHTML = tree.branches.map((b) =>
+    `<li><button data-branch="${b.id}" class="${b.id === id ? "current" : ""}">` +
+    `${escapeHtml(branchLabel(b))}</button> <span class="hint">` +
+    `${escapeHtml(b.text.slice(b.parent === null ? start : b.at, (b.parent === null ? start : b.at) + 24))}` +
+    "&hellip;</span></li>").join("");
+  $("branches").hidden = tree.branches.length < 2;
+  writeLink();
+}
+
+// One branch's stream: its items appended as they come (and shown if it is the one in view).
+async function runBranch(branch, body) {
+  await stream({ ...body, run: tree.run }, {
+    add: (item) => {
+      branch.items.push(item);
+      branch.text += item.c;
+      if (tree.current !== branch.id) return;
+      const span = generateView.add(item, shadeProb(item.p));
+      if (branch.parent !== null && branch.text.length === branch.at + 1) {
+        span.classList.add("fork-point");
+      }
+    },
+  }, generateController.signal);
+}
+
+async function generateRoot(settings) {
+  tree.branches = [{ id: 0, parent: null, at: null, char: null, p: null, settings,
+    text: tree.prompt, items: [] }];
+  showBranch(0);
+  await runBranch(tree.branches[0], { prompt: tree.prompt, ...settings });
+}
+
+async function forkBranch(parentId, at, char, settings) {
+  const parent = tree.branches[parentId];
+  if (!parent || !Number.isInteger(at) || at < tree.prompt.length || at >= parent.text.length) {
+    throw new Error(`there is no generated character ${at} in branch #${parentId} to fork at.`);
+  }
+  const kept = at - tree.prompt.length;
+  const branch = { id: tree.branches.length, parent: parentId, at, char, p: null, settings,
+    text: parent.text.slice(0, at), items: parent.items.slice(0, kept) };
+  tree.branches.push(branch);
+  showBranch(branch.id);
+  try {
+    await runBranch(branch, { prompt: tree.prompt, ...settings,
+      fork: { text: parent.text, at, char } });
+  } finally {
+    if (branch.items.length > kept) branch.p = branch.items[kept].p;
+    else tree.branches.pop();  // refused: nothing to keep
+    showBranch(tree.branches.includes(branch) ? branch.id : parentId);
+  }
+}
+
+function busy(task) {
+  if (tree.busy) return;
+  generateController = new AbortController();
+  tree.busy = true;
+  guarded(task, $("generate"), $("stop"), generateController)
+    .finally(() => { tree.busy = false; writeLink(); });
+}
+
+// The fragment: {run, prompt, settings, forks: [[parent, at, char, settings]], view}.
+function treeSpec() {
+  return {
+    run: tree.run, prompt: tree.prompt, settings: tree.settings, view: tree.current,
+    forks: tree.branches.slice(1).map((b) => [b.parent, b.at, b.char, b.settings]),
+  };
+}
+
+function writeLink() {
+  if (!tree.branches.length) return;
+  const url = `${location.pathname}${location.search}#${encodeURIComponent(JSON.stringify(treeSpec()))}`;
+  history.replaceState(null, "", url);
+  $("link").value = location.href;
+}
+
+// Replays a link's tree: the first text, then every fork in order.
+async function replay(spec) {
+  const ok = spec && typeof spec.prompt === "string" && spec.settings && Array.isArray(spec.forks);
+  if (!ok) throw new Error("this link's tree could not be read: it needs run, prompt, settings and forks.");
+  const before = { ...tree };  // kept if the link's first text is refused (run, settings)
+  tree.run = spec.run || state.run;
+  tree.prompt = spec.prompt;
+  tree.settings = spec.settings;
+  $("prompt").value = spec.prompt;
+  $("temperature").value = spec.settings.temperature;
+  $("temperature").dispatchEvent(new Event("input"));
+  $("top_k").value = spec.settings.top_k ?? "";
+  $("length").value = spec.settings.length;
+  $("seed").value = spec.settings.seed;
+  try {
+    await generateRoot(spec.settings);
+  } catch (err) {
+    Object.assign(tree, before);
+    if (tree.branches.length) showBranch(tree.current);
+    throw err;
+  }
+  for (const [parent, at, char, settings] of spec.forks) {
+    await forkBranch(parent, at, char, settings);
+  }
+  if (tree.branches[spec.view]) showBranch(spec.view);
+}
+
+function download(name, text, type) {
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(new Blob([text], { type }));
+  a.download = name;
+  a.click();
+  URL.revokeObjectURL(a.href);
+}
+
 function setupGenerate() {
-  const view = new CharView($("out"), $("info"),
-    (item) => describeStep(item, Number($("temperature").value)));
+  generateView = new CharView($("out"), $("info"),
+    (item) => describeStep(item, Number($("temperature").value)),
+    (index, char) => busy(() => forkBranch(tree.current, tree.prompt.length + index, char,
+      controlSettings())));
   const slider = $("temperature");
   const showT = () => { $("temperature-value").textContent = Number(slider.value).toFixed(2); };
   slider.addEventListener("input", showT);
   showT();
-  let controller = null;
-  $("generate").addEventListener("click", () => {
-    controller = new AbortController();
-    const settings = {
-      prompt: $("prompt").value, temperature: Number(slider.value), top_k: numberOrNull($("top_k")),
-      length: Number($("length").value), seed: Number($("seed").value),
-    };
-    view.clear(settings.prompt);
-    guarded(() => stream(settings, view, controller.signal),
-      $("generate"), $("stop"), controller);
+  $("generate").addEventListener("click", () => busy(() => {
+    tree.run = state.run;
+    tree.prompt = $("prompt").value;
+    tree.settings = controlSettings();
+    return generateRoot(tree.settings);
+  }));
+  $("stop").addEventListener("click", () => generateController && generateController.abort());
+  $("branches").addEventListener("click", (event) => {
+    const button = event.target.closest("button[data-branch]");
+    if (button && !tree.busy) showBranch(Number(button.dataset.branch));
   });
-  $("stop").addEventListener("click", () => controller && controller.abort());
+  $("breadcrumb").addEventListener("click", (event) => {
+    const button = event.target.closest("button[data-branch]");
+    if (button && !tree.busy) showBranch(Number(button.dataset.branch));
+  });
+  $("copy-link").addEventListener("click", async () => {
+    $("link").select();
+    try { await navigator.clipboard.writeText($("link").value); } catch (err) {
+      document.execCommand("copy");  // a page not served from a secure context
+    }
+    $("copy-link").textContent = "Copied";
+    setTimeout(() => { $("copy-link").textContent = "Copy link"; }, 1500);
+  });
+  $("download-text").addEventListener("click", () => {
+    const branch = tree.branches[tree.current];
+    if (branch) download(`branch-${branch.id}.txt`, branch.text, "text/plain");
+  });
+  $("download-tree").addEventListener("click", () => {
+    const branches = tree.branches.map((b) => ({
+      id: b.id, parent: b.parent, fork_at: b.at, fork_char: b.char, fork_probability: b.p,
+      settings: b.settings, text: b.text }));
+    download("tree.json", JSON.stringify({ run: tree.run, prompt: tree.prompt, branches }, null, 2),
+      "application/json");
+  });
+}
+
+// A link's tree, once the runs are known.
+function openLink() {
+  if (location.hash.length < 2) return;
+  let spec;
+  try {
+    spec = JSON.parse(decodeURIComponent(location.hash.slice(1)));
+  } catch (err) {
+    showError("this link's tree could not be read (it is not the JSON this page writes).");
+    return;
+  }
+  busy(() => replay(spec));
 }
 
 function setupCompare() {
@@ -244,6 +442,12 @@ async function setupRuns() {
   const data = await response.json();
   state.maxLength = data.max_length;
   const select = $("run");
+  state.run = data.served;
+  if (location.hash.length > 1) {  // a link's run, picked if this server lists it
+    try {
+      state.run = JSON.parse(decodeURIComponent(location.hash.slice(1))).run || state.run;
+    } catch (err) { /* openLink says so */ }
+  }
   for (const run of data.runs) {
     const option = document.createElement("option");
     const size = run.cell ? ` · ${run.cell} ${run.hidden_size}` +
@@ -252,10 +456,10 @@ async function setupRuns() {
     const test = run.test_ppl ? ` · test ${run.test_ppl.toFixed(2)}` : "";
     option.value = run.id;
     option.textContent = `${run.id}${size}${val}${test}`;
-    option.selected = run.id === data.served;
+    option.selected = run.id === state.run;
     select.appendChild(option);
   }
-  state.run = data.served;
+
   select.addEventListener("change", () => { state.run = select.value; loadUnits(); });
   loadUnits();
   for (const id of ["length", "c-length"]) $(id).max = String(data.max_length);
@@ -267,4 +471,5 @@ setupCompare();
 setupScore();
 setupMemory();
 setupVersus();
-setupRuns().catch((err) => showError(`could not list the runs: ${err.message}`));
+setupRuns().then(openLink).catch((err) => showError(`could not list the runs: ${err.message}`));
+window.addEventListener("hashchange", openLink);  // a link pasted into this tab

@@ -37,7 +37,7 @@ function numberOrNull(input) {
 
 function describeStep(item, temperature) {
   const rows = item.top.map(([ch, p]) => `
-    <tr class="${ch === item.c ? "chosen" : ""}">
+    <tr class="${ch === item.c ? "chosen" : ""}" data-char="${encodeURIComponent(ch)}">
       <td class="ch">${escapeHtml(shown(ch))}</td>
       <td><div class="bar" style="width:${(100 * p).toFixed(1)}%"></div></td>
       <td>${p.toFixed(3)}</td></tr>`).join("");
@@ -50,24 +50,55 @@ function describeStep(item, temperature) {
     <table class="candidates">${rows}</table>`;
 }
 
-// A text area of spans, one per character, that explains a character when pointed at.
+// A text area of spans, one per character, that explains a character when pointed at; a click
+// pins it (pointing elsewhere then leaves the panel alone until another click). With `onPick`,
+// the panel's other candidates can be picked, by click or Enter: onPick(index, char).
 class CharView {
-  constructor(element, info, describe) {
+  constructor(element, info, describe, onPick = null) {
     this.element = element;
     this.info = info;
     this.describe = describe;
+    this.onPick = onPick;
     this.items = [];
+    this.index = null;  // the item the panel shows
     const show = (event) => {
       const span = event.target.closest("span.c");
       if (!span || !element.contains(span)) return;
       if (event.type === "click") {
+        const wasPinned = span.classList.contains("pinned");
         element.querySelectorAll(".pinned").forEach((s) => s.classList.remove("pinned"));
-        span.classList.add("pinned");
+        if (!wasPinned) span.classList.add("pinned");
+      } else if (element.querySelector(".pinned")) {
+        return;
       }
-      this.info.innerHTML = this.describe(this.items[Number(span.dataset.i)]);
+      this.explain(Number(span.dataset.i));
     };
     element.addEventListener("mouseover", show);
     element.addEventListener("click", show);
+    if (onPick) {
+      const pick = (event) => {
+        const row = event.target.closest("tr.pick");
+        if (!row || (event.type === "keydown" && event.key !== "Enter")) return;
+        this.onPick(this.index, decodeURIComponent(row.dataset.char));
+      };
+      info.addEventListener("click", pick);
+      info.addEventListener("keydown", pick);
+    }
+  }
+
+  explain(index) {
+    this.index = index;
+    const item = this.items[index];
+    this.info.innerHTML = this.describe(item);
+    if (!this.onPick) return;
+    for (const row of this.info.querySelectorAll("table.candidates tr")) {
+      if (decodeURIComponent(row.dataset.char) === item.c) continue;
+      row.classList.add("pick");
+      row.tabIndex = 0;
+      row.title = "continue the text from here with this character instead";
+    }
+    this.info.insertAdjacentHTML("beforeend", '<p class="hint">Click another candidate (or ' +
+      "Tab to it and press Enter) to fork: the text goes on from here with it instead.</p>");
   }
 
   clear(prompt) {
@@ -89,6 +120,7 @@ class CharView {
     span.dataset.i = String(this.items.length);
     this.items.push(item);
     this.element.appendChild(span);
+    return span;
   }
 }
 
