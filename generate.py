@@ -19,6 +19,7 @@ from charrnn.generation.dynamic import check_dynamic_args
 from charrnn.generation.loading import check_device, load_model
 from charrnn.generation.sampling import sample_metrics, sample_text, score_text
 from charrnn.models.registry import CharModel
+from charrnn.studies.mixture import as_metrics, check_mix, describe, mixed_scores
 from charrnn.training.run_folder import (
     METRICS_FILE,
     register_resolvers,
@@ -144,6 +145,12 @@ def score(cfg: DictConfig, ckpt: Path, model: CharModel, vocab: CharVocab, strea
     """mode=score: perplexity of text_path, or of the checkpoint's run's val/test split."""
     lr, segment = cfg.dynamic.lr, cfg.dynamic.segment
     check_dynamic_args(lr, segment)
+    mix = check_mix(cfg.mix, cfg.mix_weight, "conf/generate/generate.yaml")
+    if mix and (cfg.split is None or lr > 0):
+        raise CharRNNError(
+            "mix=ngram scores a split of the checkpoint's own run (its n-gram is counted on "
+            "the run's train split and λ chosen on validation), statically: set split=test "
+            "(and dynamic.lr=0), or score text_path=... without mix.")
     if (cfg.text_path is None) == (cfg.split is None):
         raise CharRNNError(
             "mode=score needs text_path=<a UTF-8 text file> or split=val|test (that split of the "
@@ -170,6 +177,12 @@ def score(cfg: DictConfig, ckpt: Path, model: CharModel, vocab: CharVocab, strea
     how = f"dynamic evaluation, Adam lr {lr:g} every {segment} characters" if lr > 0 else "static"
     print(f"perplexity {result['ppl']:.4f} (loss {result['loss']:.4f} nats/char) over "
           f"{result['characters_scored']:,} characters of {source} ({how})", file=stream)
+    if mix:
+        mixture = mixed_scores(run_folder_of(ckpt), model, vocab, cfg.mix_weight)
+        print(describe(mixture), file=stream)
+        result.update(as_metrics(mixture))
+        if cfg.split == "test":
+            result["ppl_mixed"] = mixture.test_ppl
     return result
 
 

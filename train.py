@@ -9,6 +9,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from charrnn.cli import ENTRY_POINTS, fail, prepare_overrides
+from charrnn.studies.mixture import add_mixed_test_score, check_mix, describe
 from charrnn.studies.storage import take_password
 from charrnn.training.run import train  # before Hydra's logging: Lightning keeps its plain lines
 from charrnn.training.run_folder import register_resolvers, run_folder_of
@@ -48,7 +49,11 @@ def main(cfg: DictConfig) -> float | None:
             cfg = resume_config(cfg)
         if cfg.data.path is not None:
             cfg.data.path = to_absolute_path(cfg.data.path)
+        mix = check_mix(cfg.mix, cfg.mix_weight, "conf/train/train.yaml")  # before training
         metrics = train(cfg, last_callbacks=search_callbacks(cfg))
+        mixture = None
+        if mix and metrics["test_ppl"] is not None:
+            mixture = add_mixed_test_score(run_dir, metrics["best_checkpoint"], cfg.mix_weight)
     except KeyboardInterrupt as err:  # Ctrl-C: say what is kept; the shell's status for SIGINT
         if cfg.search.trial is not None:
             raise  # the search's sweeper says how to continue the whole search
@@ -65,6 +70,8 @@ def main(cfg: DictConfig) -> float | None:
         f"{' (early stopped)' if metrics['early_stopped'] else ''}, "
         f"{metrics['train_chars_per_s']:,} train char/s, {metrics['wall_time_s']:.0f} s"
     )
+    if mixture is not None:
+        print(describe(mixture))
     return metrics["test_loss"]
 
 

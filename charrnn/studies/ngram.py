@@ -194,6 +194,11 @@ def run_split(run: Path) -> Split:
                            "train.py wrote, e.g. outputs/2026-01-01/12-00-00.")
     data = OmegaConf.load(config).data
     path = Path(data.path).expanduser() if data.path else tinyshakespeare_path(data.cache_dir)
+    if not path.is_file():  # the corpus moved since the run
+        raise CharRNNError(
+            f"the corpus of the run in {run} is not at {path}, where data.path (or "
+            f"data.cache_dir) of {config} points. Put the corpus back there, or set data.path "
+            "in that file to where it is now.")
     return load_split(path, data.val_fraction, data.test_fraction)
 
 

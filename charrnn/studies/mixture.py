@@ -1,0 +1,180 @@
+"""The network and counting together: p = λ·p_model + (1 − λ)·p_ngram for every character.
+
+The n-gram is the counting baseline of charrnn.studies.ngram (interpolated modified Kneser-Ney,
+counted on the run's train split). Its order and λ are chosen on the validation split, then the
+test split is scored once. Two mixtures are chosen: one λ for every character, and one λ per
+bucket of how often counting saw the character's context (Jelinek-Mercer's bucketing: where
+the context is frequent, counting knows more); the bucketed one is used where it gains on
+validation. The model reads each split as `generate.py mode=score split=...` does (the state
+carried through it); the n-gram's context of a character is the characters before it in the
+corpus.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from charrnn.errors import CharRNNError
+from charrnn.studies.ngram import MAX_ORDER, KneserNey, Split, _lookup, ngram_codes, run_split
+
+MIXES = ("none", "ngram")
+WEIGHTS = np.linspace(0.0, 1.0, 101)  # the λ grid searched on validation
+# Buckets of a context's count in the train split: 0, 1, 2-3, 4-7, ... 512-1023, 1024 and more.
+EDGES = np.array([0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024])
+
+
+def check_mix(mix: Any, weight: Any, where: str) -> str | None:
+    """`mix` (none/null or ngram) and `mix_weight` (null: chosen on validation, or a number in
+    [0, 1]); returns "ngram" or None."""
+    if mix in (None, "none"):
+        return None
+    if mix not in MIXES:
+        raise CharRNNError(f"mix must be ngram or none, got {mix!r}: ngram mixes the model "
+                           f"with the Kneser-Ney counts of its corpus ({where}).")
+    if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float))
+                               or not 0 <= weight <= 1):
+        raise CharRNNError(f"mix_weight must be a number from 0 to 1 (the model's share: 1 is "
+                           f"the model alone, 0 counting alone) or null to choose it on the "
+                           f"validation split, got {weight!r} ({where}).")
+    return mix
+
+
+@dataclass
+class Mixture:
+    """What validation chose, and the scores."""
+
+    order: int
+    weight: float  # λ: the model's share
+    val_ppl: float
+    bucket_weights: list[float]  # λ per context-count bucket (EDGES)
+    val_ppl_bucketed: float
+    bucketed: bool  # whether the bucketed mixture is the one used (it gained on validation)
+    test_ppl: float | None = None
+    test_ppl_one_weight: float | None = None
+    test_ppl_model: float | None = None
+    test_ppl_ngram: float | None = None
+
+
+def mix_log_probs(model: np.ndarray, ngram: np.ndarray, weight: np.ndarray | float) -> np.ndarray:
+    """ln(λ e^model + (1 − λ) e^ngram), λ per character or one for all."""
+    weight = np.asarray(weight, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return np.logaddexp(np.log(weight) + model, np.log1p(-weight) + ngram)
+
+
+def context_counts(counts: KneserNey, ids: np.ndarray, positions: np.ndarray,
+                   order: int) -> np.ndarray:
+    """How often the train split holds each position's context (the order - 1 characters before
+    it): the count the bucketed λ is chosen by."""
+    if order == 1:
+        return np.full(len(positions), int(counts.raw[0].counts.sum()))
+    codes = ngram_codes(ids, order - 1, counts.base)[positions - (order - 1)]
+    level = counts.raw[order - 1]  # order-grams; their contexts are the (order - 1)-grams
+    return _lookup(level.contexts, level.totals, codes)
+
+
+def buckets(counts: np.ndarray) -> np.ndarray:
+    return np.searchsorted(EDGES, counts, side="right") - 1
+
+
+def choose(model_val: np.ndarray, ngram_val: np.ndarray, counts_val: np.ndarray,
+           weight: float | None = None) -> Mixture:
+    """The order (rows of `ngram_val`: order 1..) and λ that give the lowest validation
+    perplexity (λ fixed when `weight` is given), then one λ per bucket at that order."""
+    grid = WEIGHTS if weight is None else np.array([float(weight)])
+    best = (math.inf, 0, 0.0)
+    for order, row in enumerate(ngram_val, 1):
+        for w in grid:
+            loss = -float(mix_log_probs(model_val, row, w).mean())
+            best = min(best, (loss, order, float(w)))
+    loss, order, chosen = best
+    row, group = ngram_val[order - 1], buckets(counts_val[order - 1])
+    per_bucket = np.full(len(EDGES), chosen)
+    if weight is None:
+        sums = np.stack([np.bincount(group, mix_log_probs(model_val, row, w),
+                                     minlength=len(EDGES)) for w in WEIGHTS])
+        seen = np.bincount(group, minlength=len(EDGES)) > 0
+        per_bucket = np.where(seen, WEIGHTS[sums.argmax(axis=0)], chosen)
+    bucket_loss = -float(mix_log_probs(model_val, row, per_bucket[group]).mean())
+    return Mixture(order, chosen, math.exp(loss), per_bucket.round(2).tolist(),
+                   math.exp(bucket_loss), bucket_loss < loss)
+
+
+def split_losses(model, vocab, split: Split, positions: np.ndarray) -> np.ndarray:
+    """ln p_model of each character at `positions` (one contiguous run), the state carried
+    from the character before the first (as generate.py mode=score split=... reads it)."""
+    import torch
+
+    from charrnn.generation.sampling import character_losses
+
+    ids = torch.from_numpy(split.ids[positions[0] - 1 : positions[-1] + 1])
+    return -character_losses(model, ids).double().numpy()
+
+
+def check_vocab(split: Split, vocab, run: Path) -> None:
+    if split.vocab.chars != vocab.chars:
+        raise CharRNNError(
+            f"the corpus that {run / 'config.yaml'} names (data.path) is not the one the model "
+            "was trained on: its characters differ. Set data.path there to the run's corpus.")
+
+
+def mixed_scores(run: Path, model, vocab, weight: float | None = None,
+                 max_order: int = MAX_ORDER) -> Mixture:
+    """Count the run's train split, choose the order and λ on validation, score test once."""
+    split = run_split(run)
+    check_vocab(split, vocab, run)
+    counts = KneserNey(split.ids[: split.n_train], len(split.vocab), max_order)
+    model_val = split_losses(model, vocab, split, split.val)
+    ngram_val = counts.log_probs(split.ids, split.val)
+    counts_val = np.stack([context_counts(counts, split.ids, split.val, m)
+                           for m in range(1, max_order + 1)])
+    mixture = choose(model_val, ngram_val, counts_val, weight)
+    model_test = split_losses(model, vocab, split, split.test)
+    ngram_test = counts.log_probs(split.ids, split.test)[mixture.order - 1]
+    group = buckets(context_counts(counts, split.ids, split.test, mixture.order))
+    one = mix_log_probs(model_test, ngram_test, mixture.weight)
+    bucketed = mix_log_probs(model_test, ngram_test, np.array(mixture.bucket_weights)[group])
+    mixture.test_ppl_one_weight = math.exp(-float(one.mean()))
+    mixture.test_ppl = math.exp(-float((bucketed if mixture.bucketed else one).mean()))
+    mixture.test_ppl_model = math.exp(-float(model_test.mean()))
+    mixture.test_ppl_ngram = math.exp(-float(ngram_test.mean()))
+    return mixture
+
+
+def describe(mixture: Mixture) -> str:
+    """Two lines for the terminal."""
+    which = "one λ per context-count bucket" if mixture.bucketed else f"λ = {mixture.weight:.2f}"
+    return (f"mixed with counting (Kneser-Ney order {mixture.order}, {which}, chosen on "
+            f"validation): test perplexity {mixture.test_ppl:.4f}; the model alone "
+            f"{mixture.test_ppl_model:.4f}, counting alone {mixture.test_ppl_ngram:.4f}\n"
+            f"  validation: one λ ({mixture.weight:.2f}) {mixture.val_ppl:.4f}, per bucket "
+            f"{mixture.val_ppl_bucketed:.4f}; test with one λ {mixture.test_ppl_one_weight:.4f}")
+
+
+def as_metrics(mixture: Mixture) -> dict[str, Any]:
+    return {f"mix_{k}": v for k, v in asdict(mixture).items()}
+
+
+def add_mixed_test_score(run_dir: Path, checkpoint: str | Path, weight: float | None) -> Mixture:
+    """train.py's extra test line (mix=ngram): the mixture's figures added to metrics.json
+    (mix_* keys, the network's own test_ppl kept) and test/ppl_mixed to TensorBoard."""
+    import json
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from charrnn.generation.loading import load_model
+    from charrnn.training.run_folder import METRICS_FILE
+
+    model, vocab = load_model(checkpoint)
+    mixture = mixed_scores(run_dir, model, vocab, weight)
+    path = run_dir / METRICS_FILE
+    metrics = {**json.loads(path.read_text()), **as_metrics(mixture)}
+    path.write_text(json.dumps(metrics, indent=2) + "\n")
+    with SummaryWriter(str(run_dir)) as writer:
+        writer.add_scalar("test/ppl_mixed", mixture.test_ppl, metrics.get("epochs_run") or 0)
+    return mixture

@@ -1,0 +1,97 @@
+"""The network and counting mixed: λ and the order chosen on validation, the test scored once."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from charrnn.errors import CharRNNError
+from charrnn.studies.mixture import EDGES, buckets, check_mix, choose, mix_log_probs
+from tests.conftest import TINY, run_script
+
+
+def test_a_mixture_of_two_models_is_their_weighted_probability():
+    model, ngram = np.log([0.5, 0.1]), np.log([0.1, 0.3])
+    assert np.allclose(np.exp(mix_log_probs(model, ngram, 0.25)), [0.2, 0.25])
+    assert np.allclose(mix_log_probs(model, ngram, 1.0), model)
+    assert np.allclose(mix_log_probs(model, ngram, 0.0), ngram)
+
+
+def test_validation_chooses_the_order_and_a_weight_per_bucket():
+    """Counting knows frequent contexts (bucket of 1024+) and the network the rest: one λ for
+    all is a compromise, a λ per bucket gives each to the one that knows."""
+    rng = np.random.default_rng(0)
+    n = 4000
+    frequent = rng.random(n) < 0.5
+    model = np.where(frequent, np.log(0.05), np.log(0.6))
+    good, poor = np.where(frequent, np.log(0.7), np.log(0.02)), np.full(n, np.log(0.1))
+    ngram = np.stack([poor, good])  # order 2 is the good one
+    counts = np.stack([np.full(n, 5000), np.where(frequent, 5000, 0)])
+    mixture = choose(model, ngram, counts)
+    assert mixture.order == 2 and 0.2 < mixture.weight < 0.8
+    weights = dict(zip(EDGES.tolist(), mixture.bucket_weights))
+    assert weights[1024] < 0.05 and weights[0] > 0.95
+    assert mixture.bucketed and mixture.val_ppl_bucketed < mixture.val_ppl
+    assert buckets(np.array([0, 1, 3, 4, 1500])).tolist() == [0, 1, 2, 3, 11]
+    fixed = choose(model, ngram, counts, weight=0.3)
+    assert fixed.weight == 0.3 and not fixed.bucketed
+
+
+@pytest.mark.parametrize(("mix", "weight", "says"), [
+    ("kenlm", None, "mix must be ngram or none, got 'kenlm'"),
+    ("ngram", 1.5, "mix_weight must be a number from 0 to 1"),
+    ("ngram", -0.1, "mix_weight must be a number from 0 to 1"),
+])
+def test_bad_mix_settings_say_the_allowed_values(mix, weight, says):
+    with pytest.raises(CharRNNError, match=says):
+        check_mix(mix, weight, "conf/train/train.yaml")
+    assert check_mix("none", 2, "x") is None and check_mix(None, None, "x") is None
+
+
+def test_train_py_adds_the_mixed_test_score_and_generate_py_prints_it(corpus, tmp_path):
+    run = tmp_path / "run"
+    result = run_script("train.py", f"data.path={corpus}", f"run_dir={run}", *TINY,
+                        "mix=ngram", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test_ppl"] > 1 and metrics["mix_test_ppl"] > 1  # the network's own kept
+    assert 1 <= metrics["mix_order"] <= 10 and 0 <= metrics["mix_weight"] <= 1
+    assert "mixed with counting (Kneser-Ney order" in result.stdout
+    # λ = 1 is the network alone, as mode=score reads the split
+    score = run_script("generate.py", "mode=score", f"ckpt_path={run}", "split=test",
+                       "mix=ngram", "mix_weight=1", cwd=tmp_path)
+    assert score.returncode == 0, score.stderr[-2000:]
+    alone = float(score.stdout.split("perplexity ")[1].split()[0])
+    mixed = float(score.stdout.split("test perplexity ")[1].split(";")[0])
+    assert math.isclose(mixed, alone, rel_tol=1e-4)
+
+
+def test_mixing_refuses_what_it_cannot_do_in_one_paragraph(corpus, tmp_path):
+    run = tmp_path / "run"
+    bad = run_script("train.py", f"data.path={corpus}", f"run_dir={run}", *TINY,
+                     "mix=ngram", "mix_weight=2", cwd=tmp_path)
+    assert bad.returncode == 2 and "mix_weight must be a number from 0 to 1" in bad.stderr
+    assert not run.exists()  # refused before training
+    assert run_script("train.py", f"data.path={corpus}", f"run_dir={run}", *TINY,
+                      "trainer.max_epochs=1", cwd=tmp_path).returncode == 0
+    result = run_script("generate.py", "mode=score", f"ckpt_path={run}", "text_path=x.txt",
+                        "mix=ngram", cwd=tmp_path)
+    assert result.returncode == 2 and "mix=ngram scores a split" in result.stderr
+    corpus.rename(tmp_path / "moved.txt")  # the run's corpus is not where its config says
+    result = run_script("generate.py", "mode=score", f"ckpt_path={run}", "split=test",
+                        "mix=ngram", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "the corpus of the run in" in result.stderr and "data.path" in result.stderr
+
+
+def test_a_run_whose_corpus_moved_names_the_key_that_points_to_it(corpus, tmp_path):
+    from charrnn.studies.ngram import run_split
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(
+        f"data:\n  path: {tmp_path / 'gone.txt'}\n  cache_dir: x\n  val_fraction: 0.1\n"
+        "  test_fraction: 0.1\n")
+    with pytest.raises(CharRNNError, match=r"is not at .*gone.txt, where data.path \(or "
+                                           r"data.cache_dir\) of .*config.yaml points"):
+        run_split(tmp_path / "run")
