@@ -19,7 +19,14 @@ from charrnn.generation.dynamic import check_dynamic_args
 from charrnn.generation.loading import check_device, load_model
 from charrnn.generation.sampling import sample_metrics, sample_text, score_text
 from charrnn.models.registry import CharModel
-from charrnn.studies.mixture import as_metrics, check_mix, describe, mixed_scores
+from charrnn.studies.mixture import (
+    MixedNext,
+    as_metrics,
+    check_mix,
+    describe,
+    mixed_scores,
+    prepare_mixture,
+)
 from charrnn.training.run_folder import (
     METRICS_FILE,
     register_resolvers,
@@ -69,6 +76,7 @@ def generate(cfg: DictConfig, stream=sys.stdout) -> list[str] | dict:
     if cfg.prompt_file is not None:
         prompt = read_text(to_absolute_path(cfg.prompt_file), key="prompt_file")
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
+    mixer = mixed_sampling(cfg, ckpt, model, vocab)
     streaming = cfg.num_samples == 1
     if streaming:
         stream.write(prompt)
@@ -77,6 +85,7 @@ def generate(cfg: DictConfig, stream=sys.stdout) -> list[str] | dict:
         model, vocab, prompt=prompt, length=cfg.length, temperature=cfg.temperature,
         top_k=cfg.top_k, num_samples=cfg.num_samples, generator=generator,
         on_step=(lambda chars: (stream.write(chars[0]), stream.flush())) if streaming else None,
+        mix=mixer,
     )
     texts = [prompt + s for s in samples]
     if streaming:
@@ -94,6 +103,26 @@ def generate(cfg: DictConfig, stream=sys.stdout) -> list[str] | dict:
     if multirun():
         keep_job(cfg, sample_metrics(model, vocab, samples), sample=combined)
     return texts
+
+
+def mixed_sampling(cfg: DictConfig, ckpt: Path, model: CharModel,
+                   vocab: CharVocab) -> MixedNext | None:
+    """mix=ngram: draw from the model mixed with its run's counts, order and λ chosen on the
+    validation split (docs/memory.md); None without mix."""
+    if not check_mix(cfg.mix, cfg.mix_weight, "conf/generate/generate.yaml"):
+        return None
+    run = run_folder_of(ckpt)
+    if run is None:
+        raise CharRNNError(f"mix=ngram needs the checkpoint's run folder (its corpus and split), "
+                           f"and {ckpt} is not in one. Set ckpt_path to a run folder.")
+    print("mix=ngram: counting the run's train split and choosing the order and λ on its "
+          "validation split...", file=sys.stderr, flush=True)
+    mixture, counts = prepare_mixture(run, model.cpu(), vocab, cfg.mix_weight)
+    model.to(cfg.device)
+    which = "one λ per context-count bucket" if mixture.bucketed else f"λ = {mixture.weight:.2f}"
+    print(f"mixing with Kneser-Ney order {mixture.order}, {which} (validation perplexity "
+          f"{min(mixture.val_ppl, mixture.val_ppl_bucketed):.4f})", file=sys.stderr)
+    return MixedNext(mixture, counts)
 
 
 def serve_page(cfg: DictConfig, ckpt: Path) -> None:

@@ -22,7 +22,8 @@ train:  (a) a plain PyTorch loop of the default recipe, the baseline (loops.Plai
         and validation characters/s of (b). All on --device (auto: the GPU when there is one,
         as train.py does); generation always runs on the CPU, where generate.py runs.
 generate: characters/s of 1 and 64 samples, the default RNN and a Transformer of the cells
-        study (4 blocks of 128, context 256: past 256 characters the cache slides), and the
+        study (4 blocks of 128, context 256: past 256 characters the cache slides), one
+        stream mixed with the Kneser-Ney counts of the corpus (generate.py mix=ngram), and the
         time from launching generate.py to its first character.
 kernel: forward + backward of the model alone, model.kernel=torch (nn.RNN) against fused, fp32
         and bf16, alternating in one process (on the CPU); and an Adam step, torch's default

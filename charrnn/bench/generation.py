@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from charrnn.bench.measure import ROOT, median_time
+from charrnn.bench.measure import ROOT, bench_corpus_text, median_time
 from charrnn.generation.loading import load_model
 from charrnn.generation.sampling import sample_text
 from charrnn.models.registry import build_model
@@ -57,6 +57,23 @@ def import_time() -> float:
     return time.perf_counter() - start
 
 
+def mixed_chars_per_s(args: argparse.Namespace, tmp: Path) -> float:
+    """One stream of the default RNN mixed with the Kneser-Ney counts of the bench corpus
+    (order 7, λ 0.5: speed depends on neither): the n-gram looked up at every step."""
+    from charrnn.studies.mixture import EDGES, MixedNext, Mixture
+    from charrnn.studies.ngram import KneserNey, load_split
+
+    split = load_split(bench_corpus_text(tmp, args.tiny))
+    counts = KneserNey(split.ids[: split.n_train], len(split.vocab), 7)
+    path = write_random_checkpoint(tmp / "mixed.ckpt", split.vocab.chars, args.hidden_size)
+    model, vocab = load_model(path)
+    mixer = MixedNext(Mixture(7, 0.5, 0.0, [0.5] * len(EDGES), 0.0, False), counts)
+    seconds = median_time(lambda: sample_text(model, vocab, "A", args.gen_length, 1.0,
+                                              generator=torch.Generator().manual_seed(0),
+                                              mix=mixer), args.repeats)
+    return args.gen_length / seconds
+
+
 def bench_generate(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
     vocab = "".join(chr(c) for c in range(32, 32 + 65))  # 65 characters, like Tiny Shakespeare
     ckpt = write_random_checkpoint(tmp / "bench.ckpt", vocab, args.hidden_size)
@@ -77,6 +94,7 @@ def bench_generate(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
             results[f"generate_{label}{batch}_chars_per_s"] = batch * length / seconds
     first = median_time(lambda: time_to_first_char(ckpt), args.repeats, warmup=1)
     imports = median_time(import_time, args.repeats, warmup=1)
+    results["generate_mixed_1_chars_per_s"] = mixed_chars_per_s(args, tmp)
     results["generate_first_char_s"] = first
     results["import_torch_hydra_s"] = imports
     results["first_char_over_import"] = first / imports

@@ -73,12 +73,15 @@ def sample_text(
     num_samples: int = 1,
     generator: torch.Generator | None = None,
     on_step: Callable[[list[str]], None] | None = None,
+    mix: Callable[[torch.Tensor, list[list[int]]], torch.Tensor] | None = None,
 ) -> list[str]:
     """Generate `num_samples` continuations of `prompt` together, one character at a time.
 
     The hidden state is carried from step to step. T = 0 is greedy (argmax) decoding. An empty
     prompt starts from a newline (or the first character of the vocabulary). `on_step` gets the
-    new characters of every sample as they are drawn (for streaming).
+    new characters of every sample as they are drawn (for streaming). `mix` (the model's
+    logits (B, V), each row's characters so far) -> the log-probabilities to draw from instead
+    (a mixture with counting: charrnn.studies.mixture), temperature and top-k applied to them.
     """
     check_sampling_args(vocab, prompt, length, temperature, top_k, num_samples)
     device = model.head.weight.device
@@ -88,12 +91,17 @@ def sample_text(
     logits = logits[:, -1]  # (B, V)
     step = model.stepper()
     out = torch.empty(num_samples, length, dtype=torch.long, device=device)
+    history = [vocab.encode(start).tolist() for _ in range(num_samples)] if mix else []
     for t in range(length):
+        if mix is not None:
+            logits = mix(logits, history)
         if temperature == 0:
             ids = logits.argmax(dim=-1)
         else:
             ids = draw(next_char_distribution(logits, temperature, top_k), generator)
         out[:, t] = ids
+        for row, i in zip(history, ids.tolist()):
+            row.append(i)
         if on_step is not None:
             on_step([vocab.chars[i] for i in ids.tolist()])
         if t + 1 < length:

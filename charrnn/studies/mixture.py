@@ -178,3 +178,76 @@ def add_mixed_test_score(run_dir: Path, checkpoint: str | Path, weight: float | 
     with SummaryWriter(str(run_dir)) as writer:
         writer.add_scalar("test/ppl_mixed", mixture.test_ppl, metrics.get("epochs_run") or 0)
     return mixture
+
+
+class NgramNext:
+    """P(. | context) of the order-`order` Kneser-Ney model over the whole vocabulary, for one
+    context at a time, as generation needs it: at each level the followers of the context are
+    one contiguous slice of the sorted n-gram codes (two binary searches, not one per
+    character). Equal to KneserNey.distribution, faster."""
+
+    def __init__(self, counts: KneserNey, order: int) -> None:
+        self.counts, self.order, self.base = counts, order, counts.base
+
+    def __call__(self, context: list[int]) -> tuple[np.ndarray, int]:
+        """The distribution (V,), and how often the train split holds the context at the top
+        order (the bucket of a bucketed λ)."""
+        order = min(self.order, len(context) + 1)
+        lower = np.full(self.base, 1.0 / self.base)
+        seen = int(self.counts.raw[0].counts.sum())
+        for m in range(1, order + 1):
+            level = self.counts.raw[m - 1] if m == order else self.counts.cont[m - 1]
+            h = 0
+            for c in context[len(context) - (m - 1):] if m > 1 else ():
+                h = h * self.base + c
+            at = np.searchsorted(level.contexts, h)
+            if at == len(level.contexts) or level.contexts[at] != h:
+                seen = 0 if m == order else seen
+                continue  # an unseen context: the lower order's distribution as it is
+            lo, hi = np.searchsorted(level.keys, [h * self.base, (h + 1) * self.base])
+            count = np.zeros(self.base, dtype=np.int64)
+            count[level.keys[lo:hi] - h * self.base] = level.counts[lo:hi]
+            d = level.discounts
+            mass = d[1] * level.n1[at] + d[2] * level.n2[at] + d[3] * level.n3[at]
+            total = float(level.totals[at])
+            lower = (np.maximum(count - d[np.minimum(count, 3)], 0) + mass * lower) / total
+            if m == order:
+                seen = int(level.totals[at])
+        return lower, seen
+
+
+class MixedNext:
+    """The callable that generation mixes with (charrnn.generation.sampling.sample_text's
+    `mix`): the model's logits (B, V) and each row's characters so far -> ln of the mixed
+    distribution, λ by the context's bucket when the mixture is bucketed. Keeps the last
+    parts for the caller (`parts`: the model's and the n-gram's probabilities)."""
+
+    def __init__(self, mixture: Mixture, counts: KneserNey) -> None:
+        self.next = NgramNext(counts, mixture.order)
+        self.weights = (np.array(mixture.bucket_weights) if mixture.bucketed
+                        else np.full(len(EDGES), mixture.weight))
+        self.parts: tuple[np.ndarray, np.ndarray] | None = None
+
+    def __call__(self, logits, history: list[list[int]]):
+        import torch
+
+        model = torch.softmax(logits.double(), dim=-1).cpu().numpy()
+        rows = [self.next(h) for h in history]
+        ngram = np.stack([p for p, _ in rows])
+        weight = self.weights[buckets(np.array([seen for _, seen in rows]))][:, None]
+        self.parts = (model, ngram)
+        with np.errstate(divide="ignore"):
+            return torch.from_numpy(np.log(weight * model + (1 - weight) * ngram)).to(logits)
+
+
+def prepare_mixture(run: Path, model, vocab, weight: float | None) -> tuple[Mixture, KneserNey]:
+    """For generation: the run's counts, and the order and λ chosen on its validation split
+    (no test scoring)."""
+    split = run_split(run)
+    check_vocab(split, vocab, run)
+    counts = KneserNey(split.ids[: split.n_train], len(split.vocab))
+    model_val = split_losses(model, vocab, split, split.val)
+    ngram_val = counts.log_probs(split.ids, split.val)
+    counts_val = np.stack([context_counts(counts, split.ids, split.val, m)
+                           for m in range(1, MAX_ORDER + 1)])
+    return choose(model_val, ngram_val, counts_val, weight), counts

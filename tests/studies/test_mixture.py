@@ -95,3 +95,37 @@ def test_a_run_whose_corpus_moved_names_the_key_that_points_to_it(corpus, tmp_pa
     with pytest.raises(CharRNNError, match=r"is not at .*gone.txt, where data.path \(or "
                                            r"data.cache_dir\) of .*config.yaml points"):
         run_split(tmp_path / "run")
+
+
+def test_the_incremental_ngram_is_the_counting_models_distribution(corpus):
+    from charrnn.studies.mixture import NgramNext, context_counts
+    from charrnn.studies.ngram import KneserNey, load_split
+
+    split = load_split(corpus)
+    counts = KneserNey(split.ids[: split.n_train], len(split.vocab))
+    for order in (1, 3, 7):
+        step = NgramNext(counts, order)
+        for t in (split.n_train + 10, split.n_train + 200, len(split.ids) - 1):
+            context = split.ids[t - 12 : t].tolist()
+            p, seen = step(context)
+            expected = counts.distribution(np.array(context), order)
+            assert np.allclose(p, expected, rtol=1e-12, atol=0) and p.sum() == pytest.approx(1)
+            assert seen == context_counts(counts, split.ids, np.array([t]), order)[0]
+
+
+def test_generation_mixed_draws_from_the_mixture(corpus, tmp_path):
+    """λ = 1 draws what the model alone draws; the mixture's text is its seed's."""
+    run = tmp_path / "run"
+    assert run_script("train.py", f"data.path={corpus}", f"run_dir={run}", *TINY,
+                      "trainer.max_epochs=1", cwd=tmp_path).returncode == 0
+    common = ["length=80", "prompt=to be", f"ckpt_path={run}"]
+
+    def text(*args: str) -> str:
+        result = run_script("generate.py", *common, *args, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout
+
+    assert text("temperature=0", "mix=ngram", "mix_weight=1") == text("temperature=0")
+    mixed = text("mix=ngram", "seed=3")
+    assert mixed == text("mix=ngram", "seed=3") != text("mix=ngram", "seed=4")
+    assert mixed != text("seed=3")
