@@ -200,7 +200,7 @@ def test_generate_bad_input_exits_2_with_the_message(trained, tmp_path):
         (["top_k=0"], "top_k must be an integer from 1"),
         (["ckpt_path=missing.ckpt"], "does not exist"),
         (["ckpt_path=null"], "no checkpoint given"),
-        (["mode=sing"], "mode must be sample, score or serve"),
+        (["mode=sing"], "mode must be sample, score, serve or export"),
         (["mode=score"], "mode=score needs text_path"),
         (["seed=abc"], "seed must be an integer >= 0, got 'abc'"),
         (["device=tpu"], r"device must be cpu or cuda \(cuda:N: one GPU of several\), got 'tpu'"),
