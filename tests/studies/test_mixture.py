@@ -49,6 +49,7 @@ def test_bad_mix_settings_say_the_allowed_values(mix, weight, says):
     assert check_mix("none", 2, "x") is None and check_mix(None, None, "x") is None
 
 
+@pytest.mark.slow
 def test_train_py_adds_the_mixed_test_score_and_generate_py_prints_it(corpus, tmp_path):
     run = tmp_path / "run"
     result = run_script("train.py", f"data.path={corpus}", f"run_dir={run}", *TINY,
@@ -67,6 +68,7 @@ def test_train_py_adds_the_mixed_test_score_and_generate_py_prints_it(corpus, tm
     assert math.isclose(mixed, alone, rel_tol=1e-4)
 
 
+@pytest.mark.slow
 def test_mixing_refuses_what_it_cannot_do_in_one_paragraph(corpus, tmp_path):
     run = tmp_path / "run"
     bad = run_script("train.py", f"data.path={corpus}", f"run_dir={run}", *TINY,
@@ -113,6 +115,7 @@ def test_the_incremental_ngram_is_the_counting_models_distribution(corpus):
             assert seen == context_counts(counts, split.ids, np.array([t]), order)[0]
 
 
+@pytest.mark.slow
 def test_generation_mixed_draws_from_the_mixture(corpus, tmp_path):
     """λ = 1 draws what the model alone draws; the mixture's text is its seed's."""
     run = tmp_path / "run"
