@@ -38,6 +38,7 @@ from charrnn.models.registry import CharModel
 from charrnn.serve.engine import Stream
 from charrnn.serve.insight import Insight
 from charrnn.serve.models import Busy, Models
+from charrnn.studies.mixture import MixedNext, check_mix
 from charrnn.training.run_folder import run_folder_of
 
 STATIC = Path(__file__).parent / "static"
@@ -73,7 +74,7 @@ async def read_json(request: Request) -> dict[str, Any]:
 def sampling_settings(data: dict[str, Any], vocab: CharVocab, model: CharModel,
                       max_length: int) -> dict[str, Any]:
     """The settings of a generation request, checked as generate.py checks its keys."""
-    known = {"prompt", "temperature", "top_k", "length", "seed", "run", "unit", "fork"}
+    known = {"prompt", "temperature", "top_k", "length", "seed", "run", "unit", "fork", "mix"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise CharRNNError(f"unknown setting {unknown[0]!r}: the settings are "
@@ -95,6 +96,8 @@ def sampling_settings(data: dict[str, Any], vocab: CharVocab, model: CharModel,
     unit = data.get("unit")
     if unit is not None:
         settings["unit"] = check_unit(unit, model)
+    if check_mix(data.get("mix"), None, "the page's mix setting"):
+        settings["mix"] = "ngram"
     return settings
 
 
@@ -205,6 +208,10 @@ def create_app(models: Models, max_length: int) -> Starlette:
         data = await read_json(request)
         net, vocab, engine = await lookup(data.get("run"))
         settings = sampling_settings(data, vocab, net, max_length)
+        if settings.pop("mix", None):
+            run = await run_of(data.get("run"))
+            settings["mix"] = MixedNext(*await run_in_threadpool(
+                insight.mixture, run_folder_of(run.checkpoint), net, vocab))
         fork = None
         if data.get("fork") is not None:
             if "unit" in settings:
@@ -212,8 +219,11 @@ def create_app(models: Models, max_length: int) -> Starlette:
                                    "branch of the Generate view.")
             prefix, char, length = fork_prefix(data["fork"], settings, vocab, max_length)
             logits, state = await run_in_threadpool(engine.read, prefix)
-            check_candidate(logits, char, data["fork"]["at"], settings, vocab)
-            fork = {"logits": logits, "state": state, "char": char, "length": length}
+            drawn_from = logits if "mix" not in settings else settings["mix"](
+                logits[None], [vocab.encode(prefix).tolist()])[0]  # the mixture's, mixing
+            check_candidate(drawn_from, char, data["fork"]["at"], settings, vocab)
+            fork = {"logits": logits, "state": state, "char": char, "length": length,
+                    "prefix": prefix, "mix": settings.get("mix")}
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
 

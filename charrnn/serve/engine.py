@@ -38,7 +38,10 @@ class Stream:
     page gets thousands a second): the character; its probability in the distribution it was
     drawn from (after temperature and top-k); its probability under the model itself (T = 1);
     how many characters that distribution was choosing between (exp of its entropy); its most
-    likely characters, as one string, and their probabilities. With a watched hidden unit
+    likely characters, as one string, and their probabilities. A stream that mixes with
+    counting draws from the mixture (its q is the mixture's, at T = 1) and adds a seventh
+    field: [model, n-gram] probabilities of the drawn character, then of each top one. With a
+    watched hidden unit
     (`unit`: layer, index), every character read (the prompt's, then each generated one) is
     followed by a number: the unit after reading it.
     """
@@ -57,6 +60,8 @@ class Stream:
     notify: Callable[[], None] | None = None  # called (from the worker) when items arrive
 
     state: Any = None  # a fork's state after its prefix, until it joins (None: from zeros)
+    mix: Any = None  # a mixture with counting (charrnn.studies.mixture.MixedNext), or None
+    history: list[int] = field(default_factory=list)  # what it read so far, for the mixture
 
     _noise: torch.Tensor | None = None
     _row: int = 0
@@ -118,12 +123,15 @@ class Engine:
 
     def start(self, prompt: str, length: int, temperature: float, top_k: int | None,
               seed: int, unit: tuple[int, int, str] | None = None,
-              notify: Callable[[], None] | None = None) -> Stream:
+              notify: Callable[[], None] | None = None, mix: Any = None) -> Stream:
         """A new stream, joining at the next step (its arguments already checked). An empty
-        prompt starts from a newline, as generate.py does."""
+        prompt starts from a newline, as generate.py does. `mix`: draw from the model mixed
+        with counting (a MixedNext of this stream's own)."""
         start = prompt or ("\n" if "\n" in self.vocab.chars else self.vocab.chars[0])
-        stream = Stream(deque(self.vocab.encode(start).tolist()), length, float(temperature),
-                        top_k, torch.Generator().manual_seed(seed), unit, notify=notify)
+        ids = self.vocab.encode(start).tolist()
+        stream = Stream(deque(ids), length, float(temperature), top_k,
+                        torch.Generator().manual_seed(seed), unit, notify=notify, mix=mix,
+                        history=list(ids) if mix else [])
         with self._lock:
             self._pending.append(stream)
             self._lock.notify()
@@ -139,15 +147,20 @@ class Engine:
 
     def fork(self, logits: torch.Tensor, state: Any, char: str, length: int,
              temperature: float, top_k: int | None, seed: int,
-             notify: Callable[[], None] | None = None) -> Stream:
+             notify: Callable[[], None] | None = None, mix: Any = None,
+             prefix: str = "") -> Stream:
         """A stream that continues from `state` (what `read` gave for the prefix) with `char`
         as its first generated character, in place of a draw, then `length - 1` drawn ones
         with the stream's own seed: the same fork and settings give the same text."""
         stream = Stream(deque(), length, float(temperature), top_k,
-                        torch.Generator().manual_seed(seed), notify=notify, state=state)
+                        torch.Generator().manual_seed(seed), notify=notify, state=state,
+                        mix=mix, history=self.vocab.encode(prefix).tolist() if mix else [])
         forced = self.vocab.encode(char).long()
-        ((_, item),) = _sample(logits[None], [stream], self.vocab, forced=forced)
+        ((_, item),) = _sample(_mixed(logits[None], [stream]), [stream], self.vocab,
+                               forced=forced)
         stream.items.append(item)
+        if mix:
+            stream.history.append(int(forced[0]))
         stream.generated = 1
         if length == 1:
             stream.done = True
@@ -233,12 +246,15 @@ class Engine:
             if value is not None:  # the watched unit after reading this step's character
                 stream.items.append(value)
         sampling = [i for i, s in enumerate(rows) if not s.inputs]
-        items = _sample(torch.cat(logits)[sampling].float().cpu(), [rows[i] for i in sampling],
+        drawing = [rows[i] for i in sampling]
+        items = _sample(_mixed(torch.cat(logits)[sampling].float().cpu(), drawing), drawing,
                         self.vocab) if sampling else []
         for i, (next_id, item) in zip(sampling, items):
             stream = rows[i]
             stream.items.append(item)
             stream.generated += 1
+            if stream.mix:
+                stream.history.append(next_id)
             if stream.generated >= stream.length:
                 stream.done = True
             else:
@@ -261,6 +277,18 @@ def _activations(state: Any, watched: list[tuple[int, int, str] | None],
     return [None if unit is None else
             round(float(parts[unit[2] == "c"][unit[0], row, unit[1]]), 4)
             for row, unit in enumerate(watched)]
+
+
+def _mixed(logits: torch.Tensor, streams: list[Stream]) -> torch.Tensor:
+    """The rows of streams that mix with counting replaced by ln of their mixture (each
+    stream's mixer keeps the two parts of its last step for `_sample` to report)."""
+    if not any(s.mix for s in streams):
+        return logits
+    logits = logits.clone()
+    for row, stream in enumerate(streams):
+        if stream.mix:
+            logits[row] = stream.mix(logits[row : row + 1], [stream.history])[0]
+    return logits
 
 
 def _sample(logits: torch.Tensor, streams: list[Stream], vocab: CharVocab,
@@ -293,5 +321,11 @@ def _sample(logits: torch.Tensor, streams: list[Stream], vocab: CharVocab,
     numbers = ((numbers.double() * 1e4).round() / 1e4).tolist()  # doubles: 0.037, not
     choosing = ((choosing.double() * 100).round() / 100).tolist()  # 0.03700000047683716
     chars = vocab.chars
-    return [(i, [chars[i], row[0], row[1], n, "".join(chars[j] for j in tis), row[2:]])
-            for i, row, n, tis in zip(ids.tolist(), numbers, choosing, top_i.tolist())]
+    items = [(i, [chars[i], row[0], row[1], n, "".join(chars[j] for j in tis), row[2:]])
+             for i, row, n, tis in zip(ids.tolist(), numbers, choosing, top_i.tolist())]
+    for (i, item), stream, tis in zip(items, streams, top_i.tolist()):
+        if stream.mix:  # each part's probability: the drawn character's, then the top's
+            model, ngram = stream.mix.parts
+            item.append([[round(float(model[0, j]), 4), round(float(ngram[0, j]), 4)]
+                         for j in [i, *tis]])
+    return items

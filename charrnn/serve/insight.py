@@ -20,6 +20,7 @@ from charrnn.errors import CharRNNError
 from charrnn.generation.sampling import character_losses
 from charrnn.models.registry import CharModel
 from charrnn.studies.memory import correlations, hidden_states, load_run, text_features
+from charrnn.studies.mixture import prepare_mixture
 from charrnn.studies.ngram import KneserNey, baseline, run_split
 
 UNIT_CHARS = 16_000  # validation characters read to find units when there is no memory.json
@@ -29,6 +30,7 @@ class Insight:
     def __init__(self) -> None:
         self._units: dict[Path, dict] = {}
         self._ngrams: dict[Path, tuple[KneserNey, int, dict]] = {}
+        self._mixtures: dict[Path, tuple] = {}
         self._lock = threading.Lock()
 
     def units(self, folder: Path | None) -> dict[str, Any]:
@@ -71,6 +73,19 @@ class Insight:
         with self._lock:
             self._ngrams[folder] = counted
         return counted
+
+    def mixture(self, folder: Path | None, model: CharModel, vocab: CharVocab):
+        """The run's counts, and the order and λ of its mixture chosen on validation (once per
+        run: a pass of the model over the validation split)."""
+        if folder is None:
+            raise CharRNNError("this checkpoint is not in a run folder: no corpus to mix with.")
+        with self._lock:
+            if folder in self._mixtures:
+                return self._mixtures[folder]
+        found = prepare_mixture(folder, model, vocab, None)
+        with self._lock:
+            self._mixtures[folder] = found
+        return found
 
     def versus(self, folder: Path | None, model: CharModel, vocab: CharVocab,
                text: str) -> dict[str, Any]:

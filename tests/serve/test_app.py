@@ -236,3 +236,20 @@ def test_a_fork_that_does_not_exist_is_a_400_that_says_why(served, fork, says):
                                                        "char": "本"}})  # never after "to be "
         assert top_k.status_code == 400
         assert "had probability 0 at position 6 under top_k=1" in top_k.json()["error"]
+
+
+def test_a_generation_mixed_with_counting_reports_both_parts(served):
+    with client(served) as c:
+        items = events(c.post("/api/generate", json={"prompt": "to be", "length": 60,
+                                                     "seed": 2, "mix": "ngram"}))
+        assert len(items) == 60 and all(len(item) == 7 for item in items)
+        for _, p, q, _, top, _, parts in items:
+            (model, ngram), *top_parts = parts
+            assert p == q  # T = 1, no top_k: drawn from the mixture itself
+            assert min(model, ngram) - 1e-3 <= q <= max(model, ngram) + 1e-3  # between them
+            assert len(top_parts) == len(top)
+        again = events(c.post("/api/generate", json={"prompt": "to be", "length": 60,
+                                                     "seed": 2, "mix": "ngram"}))
+        assert [i[0] for i in again] == [i[0] for i in items]
+        bad = c.post("/api/generate", json={"prompt": "to be", "length": 9, "mix": "kenlm"})
+        assert bad.status_code == 400 and "mix must be ngram or none" in bad.json()["error"]

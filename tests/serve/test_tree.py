@@ -113,5 +113,15 @@ def test_forks_make_a_tree_that_a_copied_link_replays(served, tmp_path):
             else:  # the link's first text, and the fork refused
                 assert again.locator("#out").inner_text() == first
                 assert again.locator("#branch-list button").count() == 1
+        # Mixed with counting: each candidate's parts on hover.
+        again.check("#mix")
+        again.click("#generate")
+        idle(again)
+        again.locator("#out span.c").nth(10).click()
+        expect(again.locator("#info .parts")).to_contain_text("counting alone")
+        assert "counting alone" in again.locator("#info table.candidates tr").first.get_attribute(
+            "title")
+        assert json.loads(urllib.parse.unquote(again.url.split("#", 1)[1]))["settings"]["mix"] \
+            == "ngram"
         assert errors == []
         browser.close()

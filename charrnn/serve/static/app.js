@@ -42,9 +42,14 @@ async function readEvents(response, onItems) {
 }
 
 
-// The server's compact step [c, p, q, n, top, top_p] as named fields.
-function step([c, p, q, n, top, topP]) {
-  return { c, p, q, n, top: [...top].map((ch, i) => [ch, topP[i]]).filter(([, v]) => v > 0) };
+// The server's compact step [c, p, q, n, top, top_p (, parts)] as named fields; parts (mixed
+// with counting): [model, n-gram] probabilities of the drawn character, then of each top one.
+function step([c, p, q, n, top, topP, parts]) {
+  return {
+    c, p, q, n, parts: parts ? parts[0] : null,
+    top: [...top].map((ch, i) => [ch, topP[i], parts ? parts[i + 1] : null])
+      .filter(([, v]) => v > 0),
+  };
 }
 
 // onRead(value): a watched unit's activation after each character read (memory view).
@@ -75,10 +80,12 @@ let generateView = null;
 let generateController = null;
 
 function controlSettings() {
-  return {
+  const settings = {
     temperature: Number($("temperature").value), top_k: numberOrNull($("top_k")),
     length: Number($("length").value), seed: Number($("seed").value),
   };
+  if ($("mix").checked) settings.mix = "ngram";
+  return settings;
 }
 
 const percent = (p) => (p >= 0.1 ? `${(100 * p).toFixed(0)}%` : `${(100 * p).toPrecision(2)}%`);
@@ -203,6 +210,7 @@ async function replay(spec) {
   $("top_k").value = spec.settings.top_k ?? "";
   $("length").value = spec.settings.length;
   $("seed").value = spec.settings.seed;
+  $("mix").checked = spec.settings.mix === "ngram";
   try {
     await generateRoot(spec.settings);
   } catch (err) {

@@ -35,16 +35,23 @@ function numberOrNull(input) {
 
 // ---- what a generated character chose between ----
 
+// parts (mixed with counting): [model, n-gram] probabilities, shown on hover of a candidate.
+const partsText = (parts) => (parts
+  ? `the model alone: ${parts[0].toFixed(3)} · counting alone: ${parts[1].toFixed(3)}` : "");
+
 function describeStep(item, temperature) {
-  const rows = item.top.map(([ch, p]) => `
-    <tr class="${ch === item.c ? "chosen" : ""}" data-char="${encodeURIComponent(ch)}">
+  const rows = item.top.map(([ch, p, parts]) => `
+    <tr class="${ch === item.c ? "chosen" : ""}" data-char="${encodeURIComponent(ch)}"
+      data-parts="${partsText(parts)}">
       <td class="ch">${escapeHtml(shown(ch))}</td>
       <td><div class="bar" style="width:${(100 * p).toFixed(1)}%"></div></td>
       <td>${p.toFixed(3)}</td></tr>`).join("");
   return `
     <div class="big">${escapeHtml(shown(item.c))}</div>
     <p>drawn with probability <b>${item.p.toFixed(3)}</b>
-      (the model alone: ${item.q.toFixed(3)}${temperature ? `, before T = ${temperature}` : ""})</p>
+      (${item.parts ? "the mixture" : "the model alone"}: ${item.q.toFixed(3)}${temperature ? `, before T = ${temperature}` : ""})</p>
+    ${item.parts ? `<p class="parts">mixed with counting: ${partsText(item.parts)}
+      (point at a candidate for its parts)</p>` : ""}
     <p>choosing between <b class="choosing">${item.n.toFixed(1)}</b> characters
       (exp of the entropy of the distribution it was drawn from)</p>
     <table class="candidates">${rows}</table>`;
@@ -92,10 +99,12 @@ class CharView {
     this.info.innerHTML = this.describe(item);
     if (!this.onPick) return;
     for (const row of this.info.querySelectorAll("table.candidates tr")) {
+      if (row.dataset.parts) row.title = row.dataset.parts;
       if (decodeURIComponent(row.dataset.char) === item.c) continue;
       row.classList.add("pick");
       row.tabIndex = 0;
-      row.title = "continue the text from here with this character instead";
+      row.title = [row.dataset.parts, "click: continue the text from here with this " +
+        "character instead"].filter(Boolean).join("\n");
     }
     this.info.insertAdjacentHTML("beforeend", '<p class="hint">Click another candidate (or ' +
       "Tab to it and press Enter) to fork: the text goes on from here with it instead.</p>");
