@@ -13,7 +13,7 @@ corpus.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ class Mixture:
     test_ppl_one_weight: float | None = None
     test_ppl_model: float | None = None
     test_ppl_ngram: float | None = None
+    arrays: dict | None = field(default=None, repr=False)  # per-character ln p of the test split
 
 
 def mix_log_probs(model: np.ndarray, ngram: np.ndarray, weight: np.ndarray | float) -> np.ndarray:
@@ -139,10 +140,12 @@ def mixed_scores(run: Path, model, vocab, weight: float | None = None,
     group = buckets(context_counts(counts, split.ids, split.test, mixture.order))
     one = mix_log_probs(model_test, ngram_test, mixture.weight)
     bucketed = mix_log_probs(model_test, ngram_test, np.array(mixture.bucket_weights)[group])
+    mixed = bucketed if mixture.bucketed else one
     mixture.test_ppl_one_weight = math.exp(-float(one.mean()))
-    mixture.test_ppl = math.exp(-float((bucketed if mixture.bucketed else one).mean()))
+    mixture.test_ppl = math.exp(-float(mixed.mean()))
     mixture.test_ppl_model = math.exp(-float(model_test.mean()))
     mixture.test_ppl_ngram = math.exp(-float(ngram_test.mean()))
+    mixture.arrays = {"split": split, "model": model_test, "ngram": ngram_test, "mixed": mixed}
     return mixture
 
 
@@ -157,7 +160,66 @@ def describe(mixture: Mixture) -> str:
 
 
 def as_metrics(mixture: Mixture) -> dict[str, Any]:
-    return {f"mix_{k}": v for k, v in asdict(mixture).items()}
+    return {f"mix_{f.name}": getattr(mixture, f.name) for f in fields(mixture)
+            if f.name != "arrays"}
+
+
+def by_group(mixture: Mixture) -> list[dict[str, Any]]:
+    """Per group of test characters (charrnn.studies.memory's: line position, word starts,
+    name lines, ...): its share, and the bits per character of the model, counting and the
+    mixture, read from `mixed_scores`' arrays."""
+    import torch
+
+    from charrnn.studies.memory import groups, text_features
+
+    arrays = mixture.arrays
+    split = arrays["split"]
+    text = split.vocab.decode(torch.from_numpy(split.ids))
+    masks = groups({k: v[split.test] for k, v in text_features(text).items()})
+    rows = [{"group": "whole test split", "share": 1.0,
+             **{k: -float(arrays[k].mean()) / math.log(2) for k in ("model", "ngram", "mixed")}}]
+    for name, mask in masks.items():
+        if mask.any():
+            rows.append({"group": name, "share": float(mask.mean()), **{
+                k: -float(arrays[k][mask].mean()) / math.log(2)
+                for k in ("model", "ngram", "mixed")}})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """`python -m charrnn.studies.mixture <run> [<run> ...]`: each run mixed with counting,
+    and where the mixture gains over each part."""
+    import argparse
+
+    from charrnn.generation.loading import load_model
+    from charrnn.training.run_folder import resolve_checkpoint
+
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("runs", type=Path, nargs="+", help="run folders")
+    parser.add_argument("--mix-weight", type=float, help="fix λ (default: chosen on validation)")
+    args = parser.parse_args(argv)
+    results = []
+    try:
+        check_mix("ngram", args.mix_weight, "--mix-weight")
+        for run in args.runs:
+            model, vocab = load_model(resolve_checkpoint(run, "best", key="run"))
+            mixture = mixed_scores(run, model, vocab, args.mix_weight)
+            rows = by_group(mixture)
+            print(f"\n{run}\n{describe(mixture)}")
+            print(f"  {'group (bits per character)':<36}{'share':>7}{'model':>8}{'n-gram':>8}"
+                  f"{'mixed':>8}{'vs model':>10}{'vs n-gram':>10}")
+            for row in rows:
+                print(f"  {row['group']:<36}{row['share']:>7.1%}{row['model']:>8.3f}"
+                      f"{row['ngram']:>8.3f}{row['mixed']:>8.3f}"
+                      f"{row['model'] - row['mixed']:>+10.3f}{row['ngram'] - row['mixed']:>+10.3f}")
+            results.append({"run": str(run), **as_metrics(mixture), "groups": rows})
+    except CharRNNError as err:
+        parser.exit(2, f"error: {err}\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()
 
 
 def add_mixed_test_score(run_dir: Path, checkpoint: str | Path, weight: float | None) -> Mixture:

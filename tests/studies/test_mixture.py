@@ -66,6 +66,14 @@ def test_train_py_adds_the_mixed_test_score_and_generate_py_prints_it(corpus, tm
     alone = float(score.stdout.split("perplexity ")[1].split()[0])
     mixed = float(score.stdout.split("test perplexity ")[1].split(";")[0])
     assert math.isclose(mixed, alone, rel_tol=1e-4)
+    # where the mixture gains, by group: the whole split's row is the perplexity in bits
+    from charrnn.studies.mixture import main
+
+    (result,) = main([str(run)])
+    whole, *groups = result["groups"]
+    assert whole["group"] == "whole test split"
+    assert 2 ** whole["mixed"] == pytest.approx(result["mix_test_ppl"], rel=1e-9)
+    assert {"line position 0", "word start"} <= {g["group"] for g in groups}
 
 
 @pytest.mark.slow
