@@ -8,6 +8,7 @@
     POST /api/score        a text's perplexity and each character's surprisal
     GET  /api/units?run=   the hidden units worth watching (the memory view)
     POST /api/versus       a text scored by the model and by the n-gram (the vs-counting view)
+    GET  /api/characters?run=  what each character's input vector became (the characters view)
     GET  /api/status       streams running, model calls, memory
 
 Every request is checked with generate.py's own checks and messages: a bad value is a 400 with
@@ -255,6 +256,11 @@ def create_app(models: Models, max_length: int) -> Starlette:
         run = await run_of(request.query_params.get("run"))
         return JSONResponse(await run_in_threadpool(insight.units, run_folder_of(run.checkpoint)))
 
+    async def characters(request: Request) -> Response:
+        run = await run_of(request.query_params.get("run"))
+        return JSONResponse(await run_in_threadpool(insight.characters,
+                                                    run_folder_of(run.checkpoint)))
+
     async def versus(request: Request) -> Response:
         data = await read_json(request)
         text = data.get("text")
@@ -278,6 +284,7 @@ def create_app(models: Models, max_length: int) -> Starlette:
               Route("/api/generate", generate, methods=["POST"]),
               Route("/api/score", score, methods=["POST"]), Route("/api/status", status),
               Route("/api/units", units), Route("/api/versus", versus, methods=["POST"]),
+              Route("/api/characters", characters),
               Mount("/static", StaticFiles(directory=STATIC), name="static")]
     app = Starlette(routes=routes,
                     exception_handlers={CharRNNError: refused, BadRequest: refused})

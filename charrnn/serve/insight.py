@@ -19,6 +19,7 @@ from charrnn.data.vocab import CharVocab
 from charrnn.errors import CharRNNError
 from charrnn.generation.sampling import character_losses
 from charrnn.models.registry import CharModel
+from charrnn.studies.characters import analyse as analyse_characters
 from charrnn.studies.memory import correlations, hidden_states, load_run, text_features
 from charrnn.studies.mixture import prepare_mixture
 from charrnn.studies.ngram import KneserNey, baseline, run_split
@@ -31,6 +32,7 @@ class Insight:
         self._units: dict[Path, dict] = {}
         self._ngrams: dict[Path, tuple[KneserNey, int, dict]] = {}
         self._mixtures: dict[Path, tuple] = {}
+        self._characters: dict[Path, dict] = {}
         self._lock = threading.Lock()
 
     def units(self, folder: Path | None) -> dict[str, Any]:
@@ -73,6 +75,19 @@ class Insight:
         with self._lock:
             self._ngrams[folder] = counted
         return counted
+
+    def characters(self, folder: Path | None) -> dict[str, Any]:
+        """What the run's characters became (charrnn.studies.characters), once per run."""
+        if folder is None:
+            raise CharRNNError("this checkpoint is not in a run folder: nothing to compare its "
+                               "characters with (an untrained model of its shape needs its run).")
+        with self._lock:
+            if folder in self._characters:
+                return self._characters[folder]
+        found = analyse_characters(folder)
+        with self._lock:
+            self._characters[folder] = found
+        return found
 
     def mixture(self, folder: Path | None, model: CharModel, vocab: CharVocab):
         """The run's counts, and the order and λ of its mixture chosen on validation (once per

@@ -87,6 +87,14 @@ def tour(url: str, screenshot: Path, prompt: str = "ROMEO:", length: int = 400,
         expect(page.locator("#v-ngram")).to_be_visible(timeout=60_000)
         seen["versus"] = (float(page.locator("#v-model").inner_text()),
                           float(page.locator("#v-ngram").inner_text()))
+
+        # Characters: each one where its learned vector put it; pointing shows its nearest.
+        page.click("#tabs button[data-view=characters]")
+        expect(page.locator("#ch-separation")).to_be_visible(timeout=60_000)
+        seen["characters"] = page.locator("#ch-plot text").count()
+        page.locator("#ch-plot text").nth(3).hover()
+        seen["nearest"] = page.locator("#ch-info table.candidates tr").count()
+        seen["underlined"] = page.locator("#ch-plot text.near").count()
         if memory_shot is not None:
             page.click("#tabs button[data-view=memory]")
             page.screenshot(path=str(memory_shot))

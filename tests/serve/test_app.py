@@ -253,3 +253,14 @@ def test_a_generation_mixed_with_counting_reports_both_parts(served):
         assert [i[0] for i in again] == [i[0] for i in items]
         bad = c.post("/api/generate", json={"prompt": "to be", "length": 9, "mix": "kenlm"})
         assert bad.status_code == 400 and "mix must be ngram or none" in bad.json()["error"]
+
+
+def test_what_the_characters_became(served):
+    with client(served) as c:
+        data = c.get("/api/characters").json()
+        _, vocab = load_model(served[1] / "checkpoints" / "best.ckpt")
+        assert [p[0] for p in data["trained"]["points"]] == list(vocab.chars)
+        assert set(data["trained"]["nearest"]) == set(vocab.chars)
+        assert data["vectors"] == "columns of the first layer's W_ih"
+        assert "separation" in data["untrained"]["classes"]
+        assert c.get("/api/characters?run=nope").status_code == 404

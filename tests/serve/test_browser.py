@@ -29,3 +29,5 @@ def test_a_person_generates_compares_and_scores_in_a_real_browser(served, tmp_pa
     assert (tmp_path / "serve.png").stat().st_size > 20_000
     assert any(s.startswith("line position: h of layer 0") for s in seen["suggested"])
     assert seen["watched"] >= 150 and all(ppl > 1 for ppl in seen["versus"])
+    assert seen["characters"] == len(model.head.bias)  # every character of the vocabulary
+    assert seen["nearest"] == 5 and seen["underlined"] == 5

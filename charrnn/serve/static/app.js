@@ -434,6 +434,53 @@ function setupVersus() {
   }, $("v-compare"), null));
 }
 
+// ---- the characters view: what each character's input vector became ----
+
+const CLASS_COLOURS = { vowel: "#d62728", consonant: "#1f77b4", digit: "#2ca02c",
+  punctuation: "#9467bd", whitespace: "#7f7f7f", other: "#8c564b" };
+
+async function loadCharacters() {
+  const svg = $("ch-plot");
+  svg.textContent = "";
+  $("ch-summary").textContent = "reading the run's characters...";
+  const response = await fetch(`/api/characters?run=${encodeURIComponent(state.run)}`);
+  const data = await response.json();
+  if (!response.ok) {
+    $("ch-summary").textContent = "";
+    showError(data.error);
+    return;
+  }
+  const { points, nearest, classes, case: pairs } = data.trained;
+  const xs = points.map((p) => p[1]), ys = points.map((p) => p[2]);
+  const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+  const sx = (x) => 30 + (740 * (x - x0)) / (x1 - x0 || 1);
+  const sy = (y) => 530 - (500 * (y - y0)) / (y1 - y0 || 1);
+  svg.innerHTML = points.map(([c, x, y, cls]) => `<text x="${sx(x).toFixed(1)}" ` +
+    `y="${sy(y).toFixed(1)}" fill="${CLASS_COLOURS[cls]}" text-anchor="middle" ` +
+    `data-c="${encodeURIComponent(c)}">${escapeHtml(shown(c))}</text>`).join("");
+  const untrained = data.untrained.classes;
+  $("ch-summary").innerHTML = `${escapeHtml(data.vectors)}: classes within − between ` +
+    `<b id="ch-separation">${classes.separation.toFixed(3)}</b> (untrained ` +
+    `${untrained.separation.toFixed(3)}; labels shuffled ${classes.shuffled_mean.toFixed(3)}, ` +
+    `z ${classes.z.toFixed(1)})` + (pairs.pairs ? `; case pairs (R, r) ` +
+    `${pairs.case_pair_similarity.toFixed(3)} against random letter pairs ` +
+    `${pairs.random_pair_similarity.toFixed(3)}` : "");
+  svg.onmouseover = (event) => {
+    if (!event.target.dataset || event.target.dataset.c === undefined) return;
+    const c = decodeURIComponent(event.target.dataset.c);
+    const near = nearest[c];
+    svg.querySelectorAll("text.near").forEach((t) => t.classList.remove("near"));
+    for (const t of svg.querySelectorAll("text")) {
+      if (near.some(([n]) => n === decodeURIComponent(t.dataset.c))) t.classList.add("near");
+    }
+    $("ch-info").innerHTML = `<div class="big">${escapeHtml(shown(c))}</div>
+      <p>nearest by cosine similarity (untrained: ${escapeHtml(data.untrained.nearest[c]
+        .slice(0, 3).map(([n]) => shown(n)).join(" "))})</p>
+      <table class="candidates">${near.map(([n, sim]) => `<tr><td class="ch">` +
+        `${escapeHtml(shown(n))}</td><td>${sim.toFixed(3)}</td></tr>`).join("")}</table>`;
+  };
+}
+
 function setupTabs() {
   for (const button of document.querySelectorAll("#tabs button")) {
     button.addEventListener("click", () => {
@@ -441,6 +488,7 @@ function setupTabs() {
       button.classList.add("active");
       document.querySelectorAll(".view").forEach((v) => { v.hidden = true; });
       $(`view-${button.dataset.view}`).hidden = false;
+      if (button.dataset.view === "characters") loadCharacters().catch((err) => showError(err.message));
     });
   }
 }
@@ -468,7 +516,11 @@ async function setupRuns() {
     select.appendChild(option);
   }
 
-  select.addEventListener("change", () => { state.run = select.value; loadUnits(); });
+  select.addEventListener("change", () => {
+    state.run = select.value;
+    loadUnits();
+    if (!$("view-characters").hidden) loadCharacters().catch((err) => showError(err.message));
+  });
   loadUnits();
   for (const id of ["length", "c-length"]) $(id).max = String(data.max_length);
 }
