@@ -81,25 +81,24 @@ class Insight:
         if folder is None:
             raise CharRNNError("this checkpoint is not in a run folder: nothing to compare its "
                                "characters with (an untrained model of its shape needs its run).")
-        with self._lock:
-            if folder in self._characters:
-                return self._characters[folder]
-        found = analyse_characters(folder)
-        with self._lock:
-            self._characters[folder] = found
-        return found
+        return self._once(self._characters, folder, lambda: analyse_characters(folder))
 
     def mixture(self, folder: Path | None, model: CharModel, vocab: CharVocab):
         """The run's counts, and the order and λ of its mixture chosen on validation (once per
         run: a pass of the model over the validation split)."""
         if folder is None:
             raise CharRNNError("this checkpoint is not in a run folder: no corpus to mix with.")
+        return self._once(self._mixtures, folder,
+                          lambda: prepare_mixture(folder, model, vocab, None))
+
+    def _once(self, store: dict, folder: Path, compute):
+        """store[folder], computed the first time (outside the lock: it may take a while)."""
         with self._lock:
-            if folder in self._mixtures:
-                return self._mixtures[folder]
-        found = prepare_mixture(folder, model, vocab, None)
+            if folder in store:
+                return store[folder]
+        found = compute()
         with self._lock:
-            self._mixtures[folder] = found
+            store[folder] = found
         return found
 
     def versus(self, folder: Path | None, model: CharModel, vocab: CharVocab,

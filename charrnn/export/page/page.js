@@ -78,17 +78,6 @@ function setupScore() {
   }, $("score"), null));
 }
 
-function setupTabs() {
-  for (const button of document.querySelectorAll("#tabs button")) {
-    button.addEventListener("click", () => {
-      document.querySelectorAll("#tabs button").forEach((b) => b.classList.remove("active"));
-      button.classList.add("active");
-      document.querySelectorAll(".view").forEach((v) => { v.hidden = true; });
-      $(`view-${button.dataset.view}`).hidden = false;
-    });
-  }
-}
-
 showCard();
 setupTabs();
 setupGenerate();

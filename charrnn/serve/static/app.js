@@ -481,18 +481,6 @@ async function loadCharacters() {
   };
 }
 
-function setupTabs() {
-  for (const button of document.querySelectorAll("#tabs button")) {
-    button.addEventListener("click", () => {
-      document.querySelectorAll("#tabs button").forEach((b) => b.classList.remove("active"));
-      button.classList.add("active");
-      document.querySelectorAll(".view").forEach((v) => { v.hidden = true; });
-      $(`view-${button.dataset.view}`).hidden = false;
-      if (button.dataset.view === "characters") loadCharacters().catch((err) => showError(err.message));
-    });
-  }
-}
-
 async function setupRuns() {
   const response = await fetch("/api/runs");
   const data = await response.json();
@@ -525,7 +513,9 @@ async function setupRuns() {
   for (const id of ["length", "c-length"]) $(id).max = String(data.max_length);
 }
 
-setupTabs();
+setupTabs((view) => {
+  if (view === "characters") loadCharacters().catch((err) => showError(err.message));
+});
 setupGenerate();
 setupCompare();
 setupScore();

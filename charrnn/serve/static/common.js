@@ -150,3 +150,16 @@ async function guarded(task, startButton, stopButton, controller) {
     if (controller) controller.abort();  // nothing left streaming for nobody
   }
 }
+
+// Tabs: a button per view (data-view), one view shown; onShow(view) after each switch.
+function setupTabs(onShow = null) {
+  for (const button of document.querySelectorAll("#tabs button")) {
+    button.addEventListener("click", () => {
+      document.querySelectorAll("#tabs button").forEach((b) => b.classList.remove("active"));
+      button.classList.add("active");
+      document.querySelectorAll(".view").forEach((v) => { v.hidden = true; });
+      $(`view-${button.dataset.view}`).hidden = false;
+      if (onShow) onShow(button.dataset.view);
+    });
+  }
+}
