@@ -198,8 +198,10 @@ def score(cfg: DictConfig, ckpt: Path, model: CharModel, vocab: CharVocab, strea
     else:
         text, source = read_text(to_absolute_path(cfg.text_path), key="text_path"), cfg.text_path
     progress = _progress_lines(segment) if lr > 0 else None  # dynamic evaluation takes a while
+    # mixing the test split reuses the model's own static losses (each character read once)
     result = score_text(model, vocab, text, chunk=segment if lr > 0 else 1000, dynamic_lr=lr,
-                        on_progress=progress)
+                        on_progress=progress, keep_losses=bool(mix) and cfg.split == "test")
+    losses = result.pop("losses", None)
     if result["unknown_removed"]:
         print(f"{result['unknown_removed']} characters not in the vocabulary were removed "
               f"before scoring: {result['unknown_chars']!r}", file=stream)
@@ -207,7 +209,8 @@ def score(cfg: DictConfig, ckpt: Path, model: CharModel, vocab: CharVocab, strea
     print(f"perplexity {result['ppl']:.4f} (loss {result['loss']:.4f} nats/char) over "
           f"{result['characters_scored']:,} characters of {source} ({how})", file=stream)
     if mix:
-        mixture = mixed_scores(run_folder_of(ckpt), model, vocab, cfg.mix_weight)
+        mixture = mixed_scores(run_folder_of(ckpt), model, vocab, cfg.mix_weight,
+                               None if losses is None else -losses.double().numpy())
         print(describe(mixture), file=stream)
         result.update(as_metrics(mixture))
         if cfg.split == "test":

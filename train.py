@@ -13,6 +13,7 @@ from charrnn.studies.mixture import add_mixed_test_score, check_mix, describe
 from charrnn.studies.storage import take_password
 from charrnn.training.run import train  # before Hydra's logging: Lightning keeps its plain lines
 from charrnn.training.run_folder import register_resolvers, run_folder_of
+from charrnn.training.trackers import take_secret
 
 register_resolvers()
 
@@ -50,10 +51,17 @@ def main(cfg: DictConfig) -> float | None:
         if cfg.data.path is not None:
             cfg.data.path = to_absolute_path(cfg.data.path)
         mix = check_mix(cfg.mix, cfg.mix_weight, "conf/train/train.yaml")  # before training
-        metrics = train(cfg, last_callbacks=search_callbacks(cfg))
-        mixture = None
-        if mix and metrics["test_ppl"] is not None:
-            mixture = add_mixed_test_score(run_dir, metrics["best_checkpoint"], cfg.mix_weight)
+        mixed = []
+
+        def mixed_test_score(metrics: dict) -> dict[str, float]:
+            if not mix or metrics["test_ppl"] is None:
+                return {}
+            mixed.append(add_mixed_test_score(run_dir, metrics["best_checkpoint"],
+                                              cfg.mix_weight))
+            return {"test/ppl_mixed": mixed[0].test_ppl}
+
+        metrics = train(cfg, last_callbacks=search_callbacks(cfg), after_test=mixed_test_score)
+        mixture = mixed[0] if mixed else None
     except KeyboardInterrupt as err:  # Ctrl-C: say what is kept; the shell's status for SIGINT
         if cfg.search.trial is not None:
             raise  # the search's sweeper says how to continue the whole search
@@ -76,8 +84,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    # A search's database password goes into the environment before Hydra sees the command
-    # line: Hydra writes the overrides into every folder it makes.
-    sys.argv[1:] = [take_password(a) for a in sys.argv[1:]]
+    # A search's database password and a tracking server's go into the environment before
+    # Hydra sees the command line: Hydra writes the overrides into every folder it makes.
+    sys.argv[1:] = [take_secret(take_password(a)) for a in sys.argv[1:]]
     sys.argv[1:] = prepare_overrides(sys.argv[1:], **ENTRY_POINTS["train.py"])
     main()

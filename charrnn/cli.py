@@ -57,6 +57,8 @@ def prepare_overrides(args: list[str], text_keys: tuple[str, ...],
 
     prepared, parser = [], OverridesParser.create()
     known = config_keys(conf_dir, additions) if conf_dir is not None else None
+    if known is not None:
+        known.start()
     for arg in args:
         match = OVERRIDE.fullmatch(arg)
         if arg.startswith("-") or match is None:
@@ -80,6 +82,11 @@ def prepare_overrides(args: list[str], text_keys: tuple[str, ...],
             except CharRNNError as err:
                 fail(err)
         prepared.append(arg)
+    if known is not None:
+        try:
+            known.check_options()
+        except CharRNNError as err:
+            fail(err)
     return prepared
 
 
@@ -100,21 +107,49 @@ class ConfigKeys:
         self.groups = {d.name: sorted(f.stem for f in d.glob("*.yaml"))
                        for d in conf_dir.iterdir() if d.is_dir()}
         self.keys: set[str] = set()
+        # keys only a group option's own package sets (logger.mlflow.*: logger=mlflow), and
+        # which options set them; the options chosen on this command line, and by default
+        self.option_keys: dict[str, set[tuple[str, str]]] = {}
+        self.chosen: dict[str, list[str]] = {}
+        self.set_by_option: list[str] = []
+        self.defaults: dict[str, str] = {}
+        setters: dict[tuple[str, str], set[tuple[str, str]]] = {}  # option -> the options that include it
         for path in sorted(conf_dir.rglob("*.yaml")):
             group = path.parent.relative_to(conf_dir).as_posix()
             header = path.read_text(encoding="utf-8").partition("\n")[0]
             package = "" if group == "." or "@package _global_" in header else group
-            config = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-            self._add(config, package.replace("/", "."))
+            config = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+            included = config.pop("defaults", []) if package else []
+            own: set[str] = set()
+            self._add(config, package.replace("/", "."), own)
+            self.keys |= own
+            if group == ".":
+                self.defaults.update(d for entry in config.get("defaults", [])
+                                     if isinstance(entry, dict) for d in entry.items()
+                                     if isinstance(d[1], str))
+            elif package and path.parent.parent == conf_dir:
+                # logger.mlflow.tracking_uri, not data.path: a key of the option's own section
+                for option in (path.stem, *(o for o in included if isinstance(o, str))):
+                    setters.setdefault((group, option), set()).add((group, path.stem))
+                for key in own:
+                    if key.count(".") >= 2:
+                        self.option_keys.setdefault(key, set()).add((group, path.stem))
+        for key, options in self.option_keys.items():  # logger=many includes logger=mlflow
+            for option in list(options):
+                options |= setters.get(option, set())
 
-    def _add(self, config: dict, prefix: str) -> None:
+    def start(self) -> None:
+        """Forget the options and keys of the last command line checked."""
+        self.chosen, self.set_by_option = {}, []
+
+    def _add(self, config: dict, prefix: str, keys: set[str]) -> None:
         for key, value in config.items():
             if not prefix and key in ("defaults", "hydra"):
                 continue  # Hydra's own
             dotted = f"{prefix}.{key}" if prefix else str(key)
-            self.keys.add(dotted)
+            keys.add(dotted)
             if isinstance(value, dict):
-                self._add(value, dotted)
+                self._add(value, dotted, keys)
 
     def check(self, override) -> None:
         """Raise a CharRNNError for a key or group option the configs lack."""
@@ -127,8 +162,13 @@ class ConfigKeys:
             return  # glob(...) picks among the options that are there
         if key in self.groups:
             options = self.groups[key]
-            for value in override.sweep_string_iterator() if override.is_sweep_override() else (
-                    [override.get_value_element_as_str()]):
+            value = override.value()
+            values = ([str(v) for v in value] if isinstance(value, list)  # logger=[csv,mlflow]
+                      else list(override.sweep_string_iterator()) if override.is_sweep_override()
+                      else [override.get_value_element_as_str()])
+            if not override.is_sweep_override():
+                self.chosen[key] = values
+            for value in values:
                 if value not in (*options, "null"):
                     raise CharRNNError(
                         f"unknown {key}={value}: the options of {key} are "
@@ -137,8 +177,28 @@ class ConfigKeys:
             return
         added = override.type in (OverrideType.ADD, OverrideType.FORCE_ADD)
         if key in self.keys or (added and self.additions):
+            if key in self.option_keys and not added:
+                self.set_by_option.append(key)
             return  # `+key=...` adds a key on purpose
         raise CharRNNError(f"unknown config key {key!r}: {self._hint(key)}")
+
+    def check_options(self) -> None:
+        """Raise a CharRNNError for a key that only a group option sets (logger.mlflow.*)
+        when that option is not chosen (on the command line, or by default)."""
+        for key in self.set_by_option:
+            chosen = {(group, option) for group, options in self.chosen.items()
+                      for option in options}
+            chosen |= {(g, o) for g, o in self.defaults.items() if g not in self.chosen}
+            setters = self.option_keys[key]
+            if not setters & chosen:
+                group = next(iter(setters))[0]
+                own = key.split(".")[1]  # logger.mlflow.* is logger=mlflow's, before many's
+                options = sorted((o for _, o in setters), key=lambda o: (o != own, o))
+                now = ",".join(self.chosen.get(group, [self.defaults.get(group, "null")]))
+                raise CharRNNError(
+                    f"{key} is set, but {group}={options[0]}, whose key it is, is not chosen "
+                    f"({group}={now}). Add {group}={options[0]} to the command line (or a "
+                    f"list: {group}=[{now},{options[0]}]), or leave {key} out.")
 
     def _hint(self, key: str) -> str:
         section, _, last = key.rpartition(".")

@@ -12,6 +12,8 @@ corpus.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -23,6 +25,7 @@ from charrnn.errors import CharRNNError
 from charrnn.studies.ngram import MAX_ORDER, KneserNey, Split, _lookup, ngram_codes, run_split
 
 MIXES = ("none", "ngram")
+MIXTURE_FILE = "mixture.json"  # in the run folder: the choices made on validation, per model
 WEIGHTS = np.linspace(0.0, 1.0, 101)  # the λ grid searched on validation
 # Buckets of a context's count in the train split: 0, 1, 2-3, 4-7, ... 512-1023, 1024 and more.
 EDGES = np.array([0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024])
@@ -124,18 +127,57 @@ def check_vocab(split: Split, vocab, run: Path) -> None:
             "was trained on: its characters differ. Set data.path there to the run's corpus.")
 
 
-def mixed_scores(run: Path, model, vocab, weight: float | None = None,
-                 max_order: int = MAX_ORDER) -> Mixture:
-    """Count the run's train split, choose the order and λ on validation, score test once."""
-    split = run_split(run)
-    check_vocab(split, vocab, run)
-    counts = KneserNey(split.ids[: split.n_train], len(split.vocab), max_order)
+def fingerprint(model, split: Split, weight: float | None) -> str:
+    """What a choice on validation depends on: the weights, the corpus and its split, and a λ
+    given by hand."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    digest.update(split.ids.tobytes())
+    digest.update(repr((split.n_train, split.n_val, weight, MAX_ORDER)).encode())
+    return digest.hexdigest()
+
+
+def chosen_on_validation(run: Path, model, vocab, split: Split, weight: float | None,
+                         counts: KneserNey) -> Mixture:
+    """The order and λ for this model, from the run's mixture.json when this very model,
+    corpus and λ setting were chosen for before; else chosen now (the model reads the whole
+    validation split) and written there."""
+    key = fingerprint(model, split, weight)
+    path = run / MIXTURE_FILE
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return Mixture(**known[key])
     model_val = split_losses(model, vocab, split, split.val)
     ngram_val = counts.log_probs(split.ids, split.val)
     counts_val = np.stack([context_counts(counts, split.ids, split.val, m)
-                           for m in range(1, max_order + 1)])
+                           for m in range(1, counts.max_order + 1)])
     mixture = choose(model_val, ngram_val, counts_val, weight)
-    model_test = split_losses(model, vocab, split, split.test)
+    saved = {k: v for k, v in vars(mixture).items() if not k.startswith("test") and k != "arrays"}
+    try:  # a cache: a folder that cannot be written only costs the next run the same time
+        path.write_text(json.dumps({**dict(list(known.items())[-7:]), key: saved}, indent=2))
+    except OSError:
+        pass
+    return mixture
+
+
+def mixed_scores(run: Path, model, vocab, weight: float | None = None,
+                 model_test: np.ndarray | None = None) -> Mixture:
+    """Count the run's train split, choose the order and λ on validation (or read the choice
+    from mixture.json), score test once. `model_test`: the model's ln p of each test character
+    when the caller has scored them already."""
+    split = run_split(run)
+    check_vocab(split, vocab, run)
+    counts = KneserNey(split.ids[: split.n_train], len(split.vocab))
+    mixture = chosen_on_validation(run, model, vocab, split, weight, counts)
+    if model_test is None:
+        model_test = split_losses(model, vocab, split, split.test)
     ngram_test = counts.log_probs(split.ids, split.test)[mixture.order - 1]
     group = buckets(context_counts(counts, split.ids, split.test, mixture.order))
     one = mix_log_probs(model_test, ngram_test, mixture.weight)
@@ -186,6 +228,21 @@ def by_group(mixture: Mixture) -> list[dict[str, Any]]:
     return rows
 
 
+def add_mixed_test_score(run_dir: Path, checkpoint: str | Path, weight: float | None) -> Mixture:
+    """train.py's extra test line (mix=ngram): the mixture's figures added to metrics.json
+    (mix_* keys, the network's own test_ppl kept); train.py gives test/ppl_mixed to the
+    trackers."""
+    from charrnn.generation.loading import load_model
+    from charrnn.training.run_folder import METRICS_FILE
+
+    model, vocab = load_model(checkpoint)
+    mixture = mixed_scores(run_dir, model, vocab, weight)
+    path = run_dir / METRICS_FILE
+    metrics = {**json.loads(path.read_text()), **as_metrics(mixture)}
+    path.write_text(json.dumps(metrics, indent=2) + "\n")
+    return mixture
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     """`python -m charrnn.studies.mixture <run> [<run> ...]`: each run mixed with counting,
     and where the mixture gains over each part."""
@@ -222,60 +279,43 @@ if __name__ == "__main__":
     main()
 
 
-def add_mixed_test_score(run_dir: Path, checkpoint: str | Path, weight: float | None) -> Mixture:
-    """train.py's extra test line (mix=ngram): the mixture's figures added to metrics.json
-    (mix_* keys, the network's own test_ppl kept) and test/ppl_mixed to TensorBoard."""
-    import json
-
-    from torch.utils.tensorboard import SummaryWriter
-
-    from charrnn.generation.loading import load_model
-    from charrnn.training.run_folder import METRICS_FILE
-
-    model, vocab = load_model(checkpoint)
-    mixture = mixed_scores(run_dir, model, vocab, weight)
-    path = run_dir / METRICS_FILE
-    metrics = {**json.loads(path.read_text()), **as_metrics(mixture)}
-    path.write_text(json.dumps(metrics, indent=2) + "\n")
-    with SummaryWriter(str(run_dir)) as writer:
-        writer.add_scalar("test/ppl_mixed", mixture.test_ppl, metrics.get("epochs_run") or 0)
-    return mixture
-
-
 class NgramNext:
     """P(. | context) of the order-`order` Kneser-Ney model over the whole vocabulary, for one
-    context at a time, as generation needs it: at each level the followers of the context are
-    one contiguous slice of the sorted n-gram codes (two binary searches, not one per
-    character). Equal to KneserNey.distribution, faster."""
+    context at a time, as generation needs it. Interpolation unrolled: P = share_top +
+    back_top · (share_below + back_below · (...)), so the distribution is one weighted count
+    of each level's followers (a dict lookup per level, no search), plus what is left spread
+    uniformly. Equal to KneserNey.distribution, faster."""
 
     def __init__(self, counts: KneserNey, order: int) -> None:
         self.counts, self.order, self.base = counts, order, counts.base
+        self.unigrams = int(counts.raw[0].counts.sum())
+
+    def levels(self, order: int) -> list:
+        """From the top down: the order's raw counts, then continuation counts (kept by
+        KneserNey.followers)."""
+        return [self.counts.followers(m == order, m) for m in range(order, 0, -1)]
 
     def __call__(self, context: list[int]) -> tuple[np.ndarray, int]:
         """The distribution (V,), and how often the train split holds the context at the top
         order (the bucket of a bucketed λ)."""
         order = min(self.order, len(context) + 1)
-        lower = np.full(self.base, 1.0 / self.base)
-        seen = int(self.counts.raw[0].counts.sum())
-        for m in range(1, order + 1):
-            level = self.counts.raw[m - 1] if m == order else self.counts.cont[m - 1]
-            h = 0
-            for c in context[len(context) - (m - 1):] if m > 1 else ():
-                h = h * self.base + c
-            at = np.searchsorted(level.contexts, h)
-            if at == len(level.contexts) or level.contexts[at] != h:
-                seen = 0 if m == order else seen
-                continue  # an unseen context: the lower order's distribution as it is
-            lo, hi = np.searchsorted(level.keys, [h * self.base, (h + 1) * self.base])
-            count = np.zeros(self.base, dtype=np.int64)
-            count[level.keys[lo:hi] - h * self.base] = level.counts[lo:hi]
-            d = level.discounts
-            mass = d[1] * level.n1[at] + d[2] * level.n2[at] + d[3] * level.n3[at]
-            total = float(level.totals[at])
-            lower = (np.maximum(count - d[np.minimum(count, 3)], 0) + mass * lower) / total
-            if m == order:
-                seen = int(level.totals[at])
-        return lower, seen
+        codes, h = [0], 0  # the context's code at orders 1, 2, ...: its last m - 1 characters
+        for k in range(1, order):
+            h += context[-k] * self.base ** (k - 1)
+            codes.append(h)
+        chars, shares, weight, seen = [], [], 1.0, 0
+        for m, (level, h) in enumerate(zip(self.levels(order), reversed(codes))):
+            row = level.index.get(h)
+            if row is None:  # an unseen context: the lower order's distribution as it is
+                continue
+            lo, hi = level.starts[row], level.starts[row + 1]
+            chars.append(level.chars[lo:hi])
+            shares.append(level.share[lo:hi] * weight)
+            weight *= level.back[row]
+            seen = int(level.totals[row]) if m == 0 else seen
+        p = np.bincount(np.concatenate(chars), np.concatenate(shares), self.base) if chars \
+            else np.zeros(self.base)
+        return p + weight / self.base, seen
 
 
 class MixedNext:
@@ -308,8 +348,4 @@ def prepare_mixture(run: Path, model, vocab, weight: float | None) -> tuple[Mixt
     split = run_split(run)
     check_vocab(split, vocab, run)
     counts = KneserNey(split.ids[: split.n_train], len(split.vocab))
-    model_val = split_losses(model, vocab, split, split.val)
-    ngram_val = counts.log_probs(split.ids, split.val)
-    counts_val = np.stack([context_counts(counts, split.ids, split.val, m)
-                           for m in range(1, MAX_ORDER + 1)])
-    return choose(model_val, ngram_val, counts_val, weight), counts
+    return chosen_on_validation(run, model, vocab, split, weight, counts), counts

@@ -69,6 +69,29 @@ class _Level:
                    per_context((counts >= 3).astype(np.int64)), modified_discounts(counts))
 
 
+@dataclass
+class Followers:
+    """One level laid out for one context at a time: P(w | h) = share(h, w) + back(h) ·
+    P(w | shorter h), share = max(count - D(count), 0) / total, back = discounted mass / total."""
+
+    index: dict[int, int]  # context code -> its row
+    starts: np.ndarray  # (contexts + 1,): the followers of row i are [starts[i], starts[i + 1])
+    chars: np.ndarray  # per follower: its character
+    share: np.ndarray  # per follower
+    back: np.ndarray  # per context
+    totals: np.ndarray  # per context
+
+    @classmethod
+    def build(cls, level: _Level, base: int) -> Followers:
+        starts = np.append(np.searchsorted(level.keys, level.contexts * base), len(level.keys))
+        rows = np.repeat(np.arange(len(level.contexts)), np.diff(starts))
+        d, totals = level.discounts, level.totals.astype(np.float64)
+        share = np.maximum(level.counts - d[np.minimum(level.counts, 3)], 0) / totals[rows]
+        back = (d[1] * level.n1 + d[2] * level.n2 + d[3] * level.n3) / totals
+        return cls(dict(zip(level.contexts.tolist(), range(len(level.contexts)))), starts,
+                   level.keys % base, share, back, level.totals)
+
+
 def modified_discounts(counts: np.ndarray) -> np.ndarray:
     """Chen and Goodman's estimates: Y = n1 / (n1 + 2 n2), D_k = k - (k+1) Y n_{k+1} / n_k,
     each kept within [0, k] (so that no count goes below zero)."""
@@ -97,6 +120,7 @@ class KneserNey:
             raise CharRNNError(f"the n-gram order must be 1..{MAX_ORDER}, got {max_order}.")
         self.base, self.max_order = vocab_size, max_order
         ids = np.asarray(ids, dtype=np.int64)
+        self._followers: dict[tuple[bool, int], Followers] = {}
         self.raw: list[_Level] = []  # raw[m - 1]: counts of m-grams (an order-m model's top)
         self.cont: list[_Level] = []  # cont[m - 1]: continuation counts (below the top)
         unique = [np.unique(ngram_codes(ids, m, self.base), return_counts=True)
@@ -109,6 +133,14 @@ class KneserNey:
             longer = unique[m][0] if m < max_order else np.empty(0, np.int64)
             suffixes, left = np.unique(longer % self.base ** m, return_counts=True)
             self.cont.append(_Level.build(suffixes, left, self.base))
+
+    def followers(self, top: bool, m: int) -> Followers:
+        """Order m's level (raw counts where `top`, else continuation counts) for one context
+        at a time, as generation looks it up: built on first use, then kept."""
+        if (top, m) not in self._followers:
+            level = self.raw[m - 1] if top else self.cont[m - 1]
+            self._followers[top, m] = Followers.build(level, self.base)
+        return self._followers[top, m]
 
     def _level_probs(self, level: _Level, codes: np.ndarray, lower: np.ndarray) -> np.ndarray:
         """P(w | h) at one level for n-gram codes (h, w), given P(w | shorter h): discounted

@@ -13,12 +13,14 @@ import csv
 import json
 import logging
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 from hydra.experimental.callback import Callback as HydraCallback
 
+from charrnn.errors import CharRNNError
 from charrnn.training.run_folder import ERROR_FILE, METRICS_FILE
 
 # Metrics shown, when present (training sweeps, then generation's sample and score sweeps).
@@ -181,12 +183,28 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
 
 
 class SweepSummary(HydraCallback):
-    """Hydra callback: summarize the sweep when a multirun ends; exit 1 if a job failed."""
+    """Hydra callback: summarize the sweep when a multirun ends; exit 1 if a job failed. With
+    MLflow among the loggers, the sweep is a parent run that every job's run is a child of,
+    opened at the start and given the summary at the end."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        from charrnn.training.trackers import start_sweep  # Lightning: not in generate.py's
+
+        try:
+            start_sweep(config)
+        except CharRNNError as err:  # an unreachable server: before any job
+            print(f"\nerror: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        from charrnn.training.trackers import end_sweep
+
         rows = summarize(config.hydra.sweep.dir)
+        failed = any(r.get("status", "ok") != "ok" for r in rows)
+        folder = Path(config.hydra.sweep.dir)
+        end_sweep(config, sorted(folder.glob("summary.*")), failed)
         # A grid sweep fails if a job did; a search goes on past failed trials by design.
-        if any(r.get("status", "ok") != "ok" for r in rows):
+        if failed:
             raise SystemExit(1)
 
 

@@ -20,6 +20,7 @@ from charrnn.generation.sampling import check_sampling_args, sample_text
 from charrnn.models.registry import model_settings
 from charrnn.training.gradients import GradientMonitor
 from charrnn.training.precision import BF16_EMULATED, tf32_note
+from charrnn.training.trackers import log_text
 
 
 def _duration(seconds: float) -> str:
@@ -280,15 +281,12 @@ class SampleText(Callback):
 
     @rank_zero_only
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.logger is None or not self.temperatures:
+        if trainer.sanity_checking or not trainer.loggers or not self.temperatures:
             return
         vocab = CharVocab(pl_module.hparams.vocab)
         for temperature in self.temperatures:
             generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
             (text,) = sample_text(pl_module.model, vocab, self.prompt, self.length, temperature,
                                   generator=generator)
-            # TensorBoard renders text as Markdown: a 4-space indent keeps every line break.
-            block = "\n".join("    " + line for line in (self.prompt + text).split("\n"))
-            trainer.logger.experiment.add_text(
-                f"samples/T={temperature}", block, global_step=trainer.global_step
-            )
+            log_text(trainer.loggers, f"samples/T={temperature}", self.prompt + text,
+                     trainer.global_step)

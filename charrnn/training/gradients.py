@@ -8,8 +8,10 @@ import math
 
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from charrnn.errors import CharRNNError, check_int, check_number
+from charrnn.training.trackers import log_scalars
 
 WHERE = "conf/train/train.yaml"  # gradients.*
 
@@ -37,7 +39,7 @@ class GradientMonitor(Callback):
     Reading a GPU tensor waits for the GPU, and Lightning's `self.log` costs a fixed time per
     call: each step's loss and norm are kept as tensors and read together every
     `check_every_n_steps` steps (and always before validation and at the epoch's end), then
-    checked and written straight to TensorBoard (every `trainer.log_every_n_steps`, steps
+    checked and written straight to the trackers (every `trainer.log_every_n_steps`, steps
     numbered from 0 as Lightning's own).
     """
 
@@ -80,12 +82,10 @@ class GradientMonitor(Callback):
         self._norms.extend(norms.tolist())
         self._loss_sum += float(losses.sum())
         self._loss_count += len(pending)
-        writer = getattr(trainer.logger, "experiment", None)
-        if hasattr(writer, "add_scalar"):
-            for (step, _, _, _), (loss, norm) in zip(pending, values.tolist()):
-                if step % trainer.log_every_n_steps == 0:  # step: steps taken, from 1
-                    writer.add_scalar("train/loss", loss, global_step=step - 1)
-                    writer.add_scalar("train/grad_norm", norm, global_step=step - 1)
+        for (step, _, _, _), (loss, norm) in zip(pending, values.tolist()):
+            if step % trainer.log_every_n_steps == 0:  # step: steps taken, from 1
+                log_scalars(trainer.loggers, {"train/loss": loss, "train/grad_norm": norm},
+                            step - 1)
         limit = self.max_loss_ratio * math.log(len(pl_module.hparams.vocab))
         bad = ~(losses.isfinite() & (losses <= limit) & (norms.isfinite() | _scaled(trainer)))
         if not bad.any():
@@ -124,7 +124,7 @@ class GradientMonitor(Callback):
         clip = trainer.gradient_clip_val
         if clip:
             pl_module.log("train/clipped_fraction", (norms > clip).float().mean())
-        if trainer.logger is not None and hasattr(trainer.logger.experiment, "add_histogram"):
-            trainer.logger.experiment.add_histogram(
-                "train/grad_norm_hist", norms, global_step=trainer.current_epoch
-            )
+        for logger in trainer.loggers:  # TensorBoard's only: the others have no histogram
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_histogram("train/grad_norm_hist", norms,
+                                                global_step=trainer.current_epoch)

@@ -7,6 +7,7 @@ import logging
 import signal
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from charrnn.data.datamodule import CharDataModule
@@ -30,6 +32,14 @@ from charrnn.training.run_folder import (
     LAST,
     METRICS_FILE,
     resolve_checkpoint,
+)
+from charrnn.training.trackers import (
+    attach_results,
+    check_trackers,
+    close_trackers,
+    log_config,
+    log_scalars,
+    remember_runs,
 )
 from charrnn.training.trainer import build_trainer, check_trainer_args
 from charrnn.training.vanishing import VanishingMonitor
@@ -130,6 +140,7 @@ def prepare(cfg: DictConfig) -> tuple[CharDataModule, CharRNNModule, Path | None
     for section, (target, taken) in CONSTRUCTED.items():
         check_keys(section, target, cfg[section].keys(), taken)
     check_trainer_args(OmegaConf.to_container(cfg.trainer, resolve=True))
+    check_trackers(cfg)
     dm = CharDataModule(**cfg.data)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     check_model_keys(model_cfg)
@@ -254,21 +265,34 @@ def test_and_write_metrics(cfg: DictConfig, trainer: L.Trainer, module: CharRNNM
         "parameters": sum(p.numel() for p in module.model.parameters()),
     }
     (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-    trainer.logger.log_hyperparams(hparams_for_tensorboard(cfg), {
-        f"hp/{key}": float(metrics[key])
-        for key in ("best_val_ppl", "test_ppl", "epochs_run", "train_chars_per_s")
-        if metrics[key] is not None
-    })
-    trainer.logger.finalize("success")
+    for logger in trainer.loggers:  # the HParams dashboard: settings beside their results
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(hparams_for_tensorboard(cfg), {
+                f"hp/{key}": float(metrics[key])
+                for key in ("best_val_ppl", "test_ppl", "epochs_run", "train_chars_per_s")
+                if metrics[key] is not None
+            })
     return metrics
 
 
+def finish_trackers(trainer: L.Trainer, run_dir: Path, scalars: dict[str, float]) -> None:
+    """What a run leaves the trackers at its end: `scalars` (the mixed test score) and its
+    metrics.json."""
+    if scalars:
+        log_scalars(trainer.loggers, scalars, trainer.current_epoch)
+    attach_results(trainer.loggers, run_dir, [run_dir / METRICS_FILE])
+
+
 def train(cfg: DictConfig, first_callbacks: tuple[Callback, ...] = (),
-          last_callbacks: tuple[Callback, ...] = ()) -> dict[str, Any]:
+          last_callbacks: tuple[Callback, ...] = (),
+          after_test: Callable[[dict[str, Any]], dict[str, float]] | None = None,
+          ) -> dict[str, Any]:
     """Train (or resume) one run in `cfg.run_dir`; test its best checkpoint; write metrics.json.
 
     `first_callbacks` run before the run's own (the benchmark's measurements), `last_callbacks`
-    after them (a search trial's reporter: training knows nothing of studies)."""
+    after them (a search trial's reporter: training knows nothing of studies). `after_test`:
+    given the metrics, adds to metrics.json and returns scalars for the trackers (train.py's
+    mixed test score)."""
     start = time.perf_counter()
     check_int("seed", cfg.seed, "conf/train/train.yaml", minimum=0)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -286,10 +310,21 @@ def train(cfg: DictConfig, first_callbacks: tuple[Callback, ...] = (),
     run_dir.mkdir(parents=True, exist_ok=True)
     # .hydra/config.yaml keeps ${hydra:...} unresolved; this copy can be read back anywhere.
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if trainer.is_global_zero:
+        remember_runs(trainer.loggers, run_dir)
+        log_config(trainer.loggers, cfg, run_dir)
     if cfg.trainer.get("enable_model_summary", True):  # in place of Lightning's table
         print_model_line(trainer, module)
-    fit(trainer, module, dm, resume, callbacks)
-    metrics = test_and_write_metrics(cfg, trainer, module, dm, callbacks, resume,
-                                     time.perf_counter() - start)
+    try:
+        fit(trainer, module, dm, resume, callbacks)
+        metrics = test_and_write_metrics(cfg, trainer, module, dm, callbacks, resume,
+                                         time.perf_counter() - start)
+        scalars = after_test(metrics) if after_test is not None else {}
+        if trainer.is_global_zero:
+            finish_trackers(trainer, run_dir, scalars)
+    except BaseException:
+        close_trackers(trainer.loggers, failed=True)
+        raise
+    close_trackers(trainer.loggers, failed=False)
     (run_dir / ERROR_FILE).unlink(missing_ok=True)  # left by an earlier failed attempt
     return metrics

@@ -11,12 +11,12 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.profilers import PassThroughProfiler
 from omegaconf import DictConfig, OmegaConf
 
 from charrnn.errors import CharRNNError, check_gpu, check_int, check_number
 from charrnn.training.precision import check_cpu_precision, precision_arguments
+from charrnn.training.trackers import build_loggers
 
 PROFILERS = ("simple", "advanced", "pytorch")  # trainer.profiler: Lightning's, by name
 WHERE = "conf/train/trainer/default.yaml"
@@ -78,7 +78,7 @@ def resolve_accelerator(accelerator: str) -> str:
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[Callback]) -> L.Trainer:
-    """The Trainer of conf/train/trainer/, logging to TensorBoard in the run folder."""
+    """The Trainer of conf/train/trainer/, logging to the trackers of conf/train/logger/."""
     run_dir = Path(cfg.run_dir)
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)  # checked by prepare()
     trainer_args["accelerator"] = resolve_accelerator(trainer_args.get("accelerator", "auto"))
@@ -87,12 +87,7 @@ def build_trainer(cfg: DictConfig, callbacks: list[Callback]) -> L.Trainer:
     trainer_args["profiler"] = trainer_args.get("profiler") or NoProfiler()
     # trainer.enable_model_summary: callbacks.print_model_line's one line, not Lightning's table
     trainer_args["enable_model_summary"] = False
-    # name="" and version="": event files go straight into the run folder, and a resumed run
-    # appends to the same folder instead of starting version_1. max_queue: GradientMonitor
-    # writes its values in groups; with SummaryWriter's default of 10 queued events each write
-    # of a group waits for the writer thread (~40 us a scalar instead of ~10).
-    logger = TensorBoardLogger(save_dir=run_dir, name="", version="", default_hp_metric=False,
-                               max_queue=1000)
+    logger = build_loggers(cfg, run_dir)
     try:
         return L.Trainer(**trainer_args, default_root_dir=run_dir, logger=logger,
                          callbacks=callbacks)

@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from charrnn.errors import check_int
 from charrnn.models.registry import CharModel, CharRNN
+from charrnn.training.trackers import log_image, log_scalars
 
 DISTANCES = (1, 10, 25, 50, 99)  # k logged as scalars (those below seq_length)
 
@@ -163,20 +164,16 @@ class VanishingMonitor(Callback):
         step = trainer.global_step
         if not self.every_n_steps or self._batch is None or step % self.every_n_steps:
             return
-        writer = getattr(trainer.logger, "experiment", None)
-        if not hasattr(writer, "add_image"):
+        if not trainer.loggers:
             return
         curves = self._curves(pl_module)
-        for name, curve in curves.items():
-            # Straight to TensorBoard: a value given to pl_module.log in this hook is logged
-            # again at every later step of the epoch.
-            for k in DISTANCES:
-                if k < len(curve):
-                    writer.add_scalar(f"grad_distance_{name}/k={k}", float(curve[k]),
-                                      global_step=step)
+        # Straight to the trackers: a value given to pl_module.log in this hook is logged
+        # again at every later step of the epoch.
+        log_scalars(trainer.loggers, {f"grad_distance_{name}/k={k}": float(curve[k])
+                                      for name, curve in curves.items()
+                                      for k in DISTANCES if k < len(curve)}, step)
         if self.image_every_n_steps and step >= self._next_image_step:
-            writer.add_image("grad_distance/curve", self._draw(curves, step), global_step=step,
-                             dataformats="HWC")
+            log_image(trainer.loggers, "grad_distance/curve", self._draw(curves, step), step)
             self._next_image_step = step + self.image_every_n_steps
 
     def _draw(self, curves: dict[str, torch.Tensor], step: int):
