@@ -99,10 +99,11 @@ def test_documented_command_composes_against_conf(where, command):
 
 
 def _configs() -> list[dict]:
-    """train.yaml with a search and each launcher, and generate.yaml, as plain nested dicts
-    (interpolations left as written)."""
+    """train.yaml with a search, each launcher and every tracker, and generate.yaml, as plain
+    nested dicts (interpolations left as written)."""
     return [_compose(config_dir, name, extra, hydra=True)
-            for config_dir, name, extra in ((CONF, "train", ["hparams_search=lstm"]),
+            for config_dir, name, extra in ((CONF, "train", ["hparams_search=lstm",
+                                                             "logger=[csv,mlflow,wandb]"]),
                                             (CONF, "train", ["launcher=slurm"]),
                                             (CONF, "train", ["launcher=parallel"]),
                                             (GENERATE_CONF, "generate", []))]
@@ -180,8 +181,10 @@ def _leaf_keys(node: dict, prefix: str = "") -> list[str]:
 @pytest.mark.parametrize("name", ["train", "generate"])
 def test_configuration_page_documents_every_key(name):
     """docs/configuration.md names every key of the default train.py and generate.py configs
-    (Hydra's own `hydra.*` keys aside): a key added to conf/ without its line there fails."""
-    cfg = _compose(CONF if name == "train" else GENERATE_CONF, name, [])
+    (Hydra's own `hydra.*` keys aside), every tracker's among them: a key added to conf/
+    without its line there fails."""
+    every_tracker = ["logger=[tensorboard,csv,mlflow,wandb]"] if name == "train" else []
+    cfg = _compose(CONF if name == "train" else GENERATE_CONF, name, every_tracker)
     page = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
     missing = [key for key in _leaf_keys(cfg) if f"`{key}`" not in page]
     assert not missing, "docs/configuration.md does not document: " + ", ".join(missing)

@@ -83,6 +83,8 @@ class GradientMonitor(Callback):
         self._loss_sum += float(losses.sum())
         self._loss_count += len(pending)
         for (step, _, _, _), (loss, norm) in zip(pending, values.tolist()):
+            if not getattr(trainer, "loggers", None):
+                break
             if step % trainer.log_every_n_steps == 0:  # step: steps taken, from 1
                 log_scalars(trainer.loggers, {"train/loss": loss, "train/grad_norm": norm},
                             step - 1)
@@ -124,7 +126,7 @@ class GradientMonitor(Callback):
         clip = trainer.gradient_clip_val
         if clip:
             pl_module.log("train/clipped_fraction", (norms > clip).float().mean())
-        for logger in trainer.loggers:  # TensorBoard's only: the others have no histogram
+        for logger in getattr(trainer, "loggers", []):  # TensorBoard's: no other has one
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_histogram("train/grad_norm_hist", norms,
                                                 global_step=trainer.current_epoch)

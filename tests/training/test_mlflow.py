@@ -156,3 +156,18 @@ def test_the_local_stores(store, corpus, tmp_path):
     assert "val/ppl" in found.data.metrics and "metrics.json" in artifacts(c, found.info.run_id)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["corpus.txt", "outputs", *(["mlruns"] if store == "folder" else [])])
+
+
+def test_a_searchs_trials_are_children_of_the_search(server, corpus, tmp_path):
+    pytest.importorskip("optuna", reason="a search needs the search extra")
+    from tests.studies.test_search import search
+
+    result = search(corpus, tmp_path, "hydra.sweeper.n_trials=2", "logger=mlflow",
+                    f"logger.mlflow.tracking_uri={server}", f"hydra.sweep.dir={tmp_path / 'find'}")
+    assert result.returncode == 0, result.stderr
+    c = client(server)
+    runs = c.search_runs([c.get_experiment_by_name("find").experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2 and all("val/ppl" in r.data.metrics for r in children)
+    assert "summary.md" in artifacts(c, parent.info.run_id)
