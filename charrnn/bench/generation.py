@@ -75,6 +75,40 @@ def mixed_chars_per_s(args: argparse.Namespace, tmp: Path) -> float:
     return args.gen_length / seconds
 
 
+def mixed_scoring(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
+    """Scoring the test split with the default RNN alone, and mixed with counting as
+    `generate.py mode=score split=test mix=ngram` does it: the first time (the order and λ
+    chosen on validation: the model reads that split too) and once mixture.json holds them."""
+    from omegaconf import OmegaConf
+
+    from charrnn.data.corpus import split_text
+    from charrnn.generation.sampling import score_text
+    from charrnn.studies.mixture import MIXTURE_FILE, mixed_scores
+    from charrnn.studies.ngram import load_split
+
+    corpus = bench_corpus_text(tmp, args.tiny)
+    run = tmp / "mixed-run"
+    run.mkdir(exist_ok=True)
+    (run / "config.yaml").write_text(OmegaConf.to_yaml({"data": {
+        "path": str(corpus), "cache_dir": None, "val_fraction": 0.1, "test_fraction": 0.1}}))
+    split = load_split(corpus)
+    model, vocab = load_model(write_random_checkpoint(tmp / "score.ckpt", split.vocab.chars,
+                                                      args.hidden_size))
+    text = split_text(run, "test")
+
+    def mixed(fresh: bool) -> None:
+        if fresh:
+            (run / MIXTURE_FILE).unlink(missing_ok=True)
+        result = score_text(model, vocab, text, keep_losses=True)
+        mixed_scores(run, model, vocab, None, -result.pop("losses").double().numpy())
+
+    own = median_time(lambda: score_text(model, vocab, text), args.repeats)
+    first = median_time(lambda: mixed(True), args.repeats)
+    kept = median_time(lambda: mixed(False), args.repeats)
+    return {"score_test_s": own, "score_test_mixed_s": kept, "score_test_mixed_first_s": first,
+            "mixed_over_model_score": kept / own, "mixed_first_over_model_score": first / own}
+
+
 def bench_generate(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
     vocab = "".join(chr(c) for c in range(32, 32 + 65))  # 65 characters, like Tiny Shakespeare
     ckpt = write_random_checkpoint(tmp / "bench.ckpt", vocab, args.hidden_size)
@@ -96,6 +130,7 @@ def bench_generate(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
     first = median_time(lambda: time_to_first_char(ckpt), args.repeats, warmup=1)
     imports = median_time(import_time, args.repeats, warmup=1)
     results["generate_mixed_1_chars_per_s"] = mixed_chars_per_s(args, tmp)
+    results.update(mixed_scoring(args, tmp))
     results["generate_first_char_s"] = first
     results["import_torch_hydra_s"] = imports
     results["first_char_over_import"] = first / imports

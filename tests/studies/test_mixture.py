@@ -38,6 +38,52 @@ def test_validation_chooses_the_order_and_a_weight_per_bucket():
     assert fixed.weight == 0.3 and not fixed.bucketed
 
 
+def test_the_coarse_then_fine_search_finds_the_best_of_the_whole_grid():
+    from charrnn.studies.mixture import WEIGHTS
+
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        model = np.log(rng.uniform(0.01, 1, 500) ** rng.uniform(0.2, 4))
+        ngram = np.log(rng.uniform(0.01, 1, (1, 500)) ** rng.uniform(0.2, 4))
+        losses = [-mix_log_probs(model, ngram[0], w).mean() for w in WEIGHTS]
+        chosen = choose(model, ngram, np.zeros((1, 500), dtype=int))
+        assert chosen.weight == pytest.approx(WEIGHTS[int(np.argmin(losses))])
+
+
+def test_the_choice_on_validation_is_kept_per_model_in_mixture_json(corpus, tmp_path,
+                                                                    monkeypatch):
+    import torch
+
+    from charrnn.data.vocab import CharVocab
+    from charrnn.models.registry import build_model
+    from charrnn.studies import mixture as mixing
+    from charrnn.studies.ngram import load_split
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(f"data:\n  path: {corpus}\n  cache_dir: null\n"
+                                     "  val_fraction: 0.1\n  test_fraction: 0.1\n")
+    split = load_split(corpus)
+    vocab = CharVocab(split.vocab.chars)
+    torch.manual_seed(0)
+    model = build_model(len(vocab), hidden_size=8).eval()
+    first, _ = mixing.chosen_on_validation(run, model, vocab, split, None)
+    assert (run / mixing.MIXTURE_FILE).is_file()
+
+    def no_reading(*args):
+        raise AssertionError("the model read the validation split again")
+
+    monkeypatch.setattr(mixing, "split_losses", no_reading)
+    again, counts = mixing.chosen_on_validation(run, model, vocab, split, None)
+    assert again == first and counts.max_order == first.order
+    with pytest.raises(AssertionError, match="read the validation split again"):
+        mixing.chosen_on_validation(run, model, vocab, split, 0.5)  # another setting
+    with torch.no_grad():
+        model.head.bias.add_(0.1)  # another model
+    with pytest.raises(AssertionError, match="read the validation split again"):
+        mixing.chosen_on_validation(run, model, vocab, split, None)
+
+
 @pytest.mark.parametrize(("mix", "weight", "says"), [
     ("kenlm", None, "mix must be ngram or none, got 'kenlm'"),
     ("ngram", 1.5, "mix_weight must be a number from 0 to 1"),
