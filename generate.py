@@ -26,6 +26,7 @@ from charrnn.studies.mixture import (
     describe,
     mixed_scores,
     prepare_mixture,
+    which,
 )
 from charrnn.training.run_folder import (
     METRICS_FILE,
@@ -119,9 +120,10 @@ def mixed_sampling(cfg: DictConfig, ckpt: Path, model: CharModel,
           "validation split...", file=sys.stderr, flush=True)
     mixture, counts = prepare_mixture(run, model.cpu(), vocab, cfg.mix_weight)
     model.to(cfg.device)
-    which = "one λ per context-count bucket" if mixture.bucketed else f"λ = {mixture.weight:.2f}"
-    print(f"mixing with Kneser-Ney order {mixture.order}, {which} (validation perplexity "
-          f"{min(mixture.val_ppl, mixture.val_ppl_bucketed):.4f})", file=sys.stderr)
+    best = min(p for p in (mixture.val_ppl, mixture.val_ppl_bucketed, mixture.val_ppl_loglinear)
+               if p is not None)
+    print(f"mixing with Kneser-Ney order {mixture.order}, {which(mixture)} (validation "
+          f"perplexity {best:.4f})", file=sys.stderr)
     return MixedNext(mixture, counts)
 
 
@@ -198,10 +200,16 @@ def score(cfg: DictConfig, ckpt: Path, model: CharModel, vocab: CharVocab, strea
     else:
         text, source = read_text(to_absolute_path(cfg.text_path), key="text_path"), cfg.text_path
     progress = _progress_lines(segment) if lr > 0 else None  # dynamic evaluation takes a while
-    # mixing the test split reuses the model's own static losses (each character read once)
-    result = score_text(model, vocab, text, chunk=segment if lr > 0 else 1000, dynamic_lr=lr,
-                        on_progress=progress, keep_losses=bool(mix) and cfg.split == "test")
-    losses = result.pop("losses", None)
+    mixture = None
+    if mix and not lr and cfg.split == "test":  # one pass: the model's own score from it too
+        mixture = mixed_scores(run_folder_of(ckpt), model, vocab, cfg.mix_weight)
+        n = len(mixture.arrays["model"])
+        loss = math.log(mixture.test_ppl_model)
+        result = {"characters_scored": n, "loss": loss, "ppl": mixture.test_ppl_model,
+                  "unknown_removed": 0, "unknown_chars": ""}
+    else:
+        result = score_text(model, vocab, text, chunk=segment if lr > 0 else 1000,
+                            dynamic_lr=lr, on_progress=progress)
     if result["unknown_removed"]:
         print(f"{result['unknown_removed']} characters not in the vocabulary were removed "
               f"before scoring: {result['unknown_chars']!r}", file=stream)
@@ -209,8 +217,7 @@ def score(cfg: DictConfig, ckpt: Path, model: CharModel, vocab: CharVocab, strea
     print(f"perplexity {result['ppl']:.4f} (loss {result['loss']:.4f} nats/char) over "
           f"{result['characters_scored']:,} characters of {source} ({how})", file=stream)
     if mix:
-        mixture = mixed_scores(run_folder_of(ckpt), model, vocab, cfg.mix_weight,
-                               None if losses is None else -losses.double().numpy())
+        mixture = mixture or mixed_scores(run_folder_of(ckpt), model, vocab, cfg.mix_weight)
         print(describe(mixture), file=stream)
         result.update(as_metrics(mixture))
         if cfg.split == "test":

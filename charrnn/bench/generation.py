@@ -96,11 +96,10 @@ def mixed_scoring(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
                                                       args.hidden_size))
     text = split_text(run, "test")
 
-    def mixed(fresh: bool) -> None:
+    def mixed(fresh: bool) -> None:  # the model's own score comes from the same pass
         if fresh:
             (run / MIXTURE_FILE).unlink(missing_ok=True)
-        result = score_text(model, vocab, text, keep_losses=True)
-        mixed_scores(run, model, vocab, None, -result.pop("losses").double().numpy())
+        mixed_scores(run, model, vocab, None)
 
     own = median_time(lambda: score_text(model, vocab, text), args.repeats)
     first = median_time(lambda: mixed(True), args.repeats)

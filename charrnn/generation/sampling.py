@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -129,35 +128,35 @@ def score_text(
     chunk: int = 1000,
     dynamic_lr: float = 0.0,
     on_progress: Callable[[int, int, float], None] | None = None,
-    keep_losses: bool = False,
-) -> dict[str, Any]:
+) -> dict[str, float | int | str]:
     """Perplexity of `text` under the model, the state carried across the whole text.
 
     Characters outside the vocabulary are removed before scoring, and reported. With
     `dynamic_lr` > 0 the score is a dynamic evaluation (charrnn.generation.dynamic): the weights
     of a copy of the model adapt after every `chunk` characters; 0 keeps them fixed (static
-    evaluation). `keep_losses` (static only): the loss of each character under "losses".
+    evaluation).
     """
     unknown = vocab.unknown(text)
     kept = text.translate({ord(c): None for c in unknown})
     if len(kept) < 2:
         raise CharRNNError("the text needs at least 2 characters in the vocabulary to be scored.")
     ids = vocab.encode(kept).long().to(model.head.weight.device)  # (N,)
-    losses = None
     if dynamic_lr:
         total = dynamic_loss_sum(model, ids, dynamic_lr, chunk, on_progress)
     else:
-        losses = character_losses(model, ids, chunk)
-        total = float(losses.double().sum())
+        total = _static_loss_sum(model, ids, chunk)
     n = ids.shape[0] - 1
     return {
-        **({"losses": losses} if keep_losses and losses is not None else {}),
         "characters_scored": n,
         "loss": total / n,
         "ppl": math.exp(total / n),
         "unknown_removed": len(text) - len(kept),
         "unknown_chars": "".join(unknown),
     }
+
+
+def _static_loss_sum(model: CharModel, ids: torch.Tensor, chunk: int) -> float:
+    return float(character_losses(model, ids, chunk).double().sum())
 
 
 @torch.inference_mode()

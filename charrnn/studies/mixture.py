@@ -57,8 +57,14 @@ class Mixture:
     bucket_weights: list[float]  # λ per context-count bucket (EDGES)
     val_ppl_bucketed: float
     bucketed: bool  # whether the bucketed mixture is the one used (it gained on validation)
+    # the log-linear mixture p ∝ p_model^a · p_ngram^b, (a, b) fitted on validation; used
+    # instead when it scores validation better than both linear ones
+    loglinear_weights: list[float] | None = None
+    val_ppl_loglinear: float | None = None
+    loglinear: bool = False
     test_ppl: float | None = None
     test_ppl_one_weight: float | None = None
+    test_ppl_linear: float | None = None  # the better linear one (bucketed or not) on test
     test_ppl_model: float | None = None
     test_ppl_ngram: float | None = None
     arrays: dict | None = field(default=None, repr=False)  # per-character ln p of the test split
@@ -116,15 +122,69 @@ def choose(model_val: np.ndarray, ngram_val: np.ndarray, counts_val: np.ndarray,
                    math.exp(bucket_loss), bucket_loss < loss)
 
 
-def split_losses(model, vocab, split: Split, positions: np.ndarray) -> np.ndarray:
-    """ln p_model of each character at `positions` (one contiguous run), the state carried
-    from the character before the first (as generate.py mode=score split=... reads it)."""
+def split_log_probs(model, split: Split, positions: np.ndarray) -> np.ndarray:
+    """ln p_model(. | the text before) for each character at `positions` (one contiguous run),
+    over the vocabulary (N, V); the state carried from the character before the first (as
+    generate.py mode=score split=... reads it)."""
     import torch
 
-    from charrnn.generation.sampling import character_losses
+    device = next(model.parameters()).device
+    ids = torch.from_numpy(split.ids[positions[0] - 1 : positions[-1] + 1]).unsqueeze(0)
+    ids = ids.to(device)
+    out, state = [], None
+    with torch.inference_mode():
+        for i in range(0, ids.shape[1] - 1, 1000):
+            logits, state = model(ids[:, i : min(i + 1000, ids.shape[1] - 1)], state)
+            out.append(torch.log_softmax(logits[0].double(), dim=-1).cpu())
+    return torch.cat(out).numpy()
 
-    ids = torch.from_numpy(split.ids[positions[0] - 1 : positions[-1] + 1])
-    return -character_losses(model, ids).double().numpy()
+
+def ngram_log_probs(counts: KneserNey, order: int, ids: np.ndarray,
+                    positions: np.ndarray) -> np.ndarray:
+    """ln P_ngram(. | context) over the vocabulary (N, V) for each position, the context the
+    characters before it in the corpus (as KneserNey.log_probs reads it)."""
+    step = NgramNext(counts, order)
+    return np.log(np.stack([step(ids[max(0, t - order + 1) : t].tolist())[0]
+                            for t in positions]))
+
+
+def loglinear_log_probs(model: np.ndarray, ngram: np.ndarray, a: float, b: float,
+                        targets: np.ndarray | None = None) -> np.ndarray:
+    """ln of p ∝ p_model^a · p_ngram^b over the vocabulary (N, V), or at `targets` (N,)."""
+    mixed = a * model + b * ngram
+    mixed -= np.logaddexp.reduce(mixed, axis=1, keepdims=True)
+    return mixed if targets is None else mixed[np.arange(len(targets)), targets]
+
+
+def fit_loglinear(model: np.ndarray, ngram: np.ndarray, targets: np.ndarray,
+                  steps: int = 30) -> tuple[float, float, float]:
+    """The exponents (a, b) that maximise the likelihood of `targets`, by Newton's method (the
+    loss is convex in them: a log-sum-exp of linear functions, minus a linear one); from the
+    model alone (1, 0). Returns a, b and the perplexity."""
+    rows = np.arange(len(targets))
+    observed = np.array([model[rows, targets].mean(), ngram[rows, targets].mean()])
+    w = np.array([1.0, 0.0])
+
+    def loss(w: np.ndarray) -> float:
+        return -float(loglinear_log_probs(model, ngram, *w, targets).mean())
+
+    current = loss(w)
+    for _ in range(steps):
+        p = np.exp(loglinear_log_probs(model, ngram, *w))
+        em, en = (p * model).sum(1), (p * ngram).sum(1)
+        grad = np.array([em.mean(), en.mean()]) - observed
+        cmm = ((p * model * model).sum(1) - em * em).mean()
+        cmn = ((p * model * ngram).sum(1) - em * en).mean()
+        cnn = ((p * ngram * ngram).sum(1) - en * en).mean()
+        step = np.linalg.solve(np.array([[cmm, cmn], [cmn, cnn]]) + 1e-9 * np.eye(2), grad)
+        while (new := loss(w - step)) > current and np.abs(step).max() > 1e-9:
+            step = step / 2  # damped: never a worse fit
+        if new > current:
+            break
+        w, improved, current = w - step, current - new, new
+        if improved < 1e-10:
+            break
+    return float(w[0]), float(w[1]), math.exp(current)
 
 
 def check_vocab(split: Split, vocab, run: Path) -> None:
@@ -166,11 +226,18 @@ def chosen_on_validation(run: Path, model, vocab, split: Split,
         mixture = Mixture(**known[key])
         return mixture, KneserNey(split.ids[: split.n_train], len(split.vocab), mixture.order)
     counts = KneserNey(split.ids[: split.n_train], len(split.vocab))
-    model_val = split_losses(model, vocab, split, split.val)
+    targets = split.ids[split.val]
+    model_full = split_log_probs(model, split, split.val)
+    model_val = model_full[np.arange(len(targets)), targets]
     ngram_val = counts.log_probs(split.ids, split.val)
     counts_val = np.stack([context_counts(counts, split.ids, split.val, m)
                            for m in range(1, counts.max_order + 1)])
     mixture = choose(model_val, ngram_val, counts_val, weight)
+    if weight is None:  # a λ given by hand asks for the linear mixture
+        ngram_full = ngram_log_probs(counts, mixture.order, split.ids, split.val)
+        a, b, ppl = fit_loglinear(model_full, ngram_full, targets)
+        mixture.loglinear_weights, mixture.val_ppl_loglinear = [round(a, 4), round(b, 4)], ppl
+        mixture.loglinear = ppl < min(mixture.val_ppl, mixture.val_ppl_bucketed)
     saved = {k: v for k, v in vars(mixture).items() if not k.startswith("test") and k != "arrays"}
     try:  # a cache: a folder that cannot be written only costs the next run the same time
         (run / MIXTURE_FILE).write_text(
@@ -180,22 +247,26 @@ def chosen_on_validation(run: Path, model, vocab, split: Split,
     return mixture, counts
 
 
-def mixed_scores(run: Path, model, vocab, weight: float | None = None,
-                 model_test: np.ndarray | None = None) -> Mixture:
+def mixed_scores(run: Path, model, vocab, weight: float | None = None) -> Mixture:
     """Count the run's train split, choose the order and λ on validation (or read the choice
-    from mixture.json), score test once. `model_test`: the model's ln p of each test character
-    when the caller has scored them already."""
+    from mixture.json), score test once: the model's own perplexity from the same pass."""
     split = run_split(run)
     check_vocab(split, vocab, run)
     mixture, counts = chosen_on_validation(run, model, vocab, split, weight)
-    if model_test is None:
-        model_test = split_losses(model, vocab, split, split.test)
+    targets = split.ids[split.test]
+    model_full = split_log_probs(model, split, split.test)
+    model_test = model_full[np.arange(len(targets)), targets]
     ngram_test = counts.log_probs(split.ids, split.test)[mixture.order - 1]
     group = buckets(context_counts(counts, split.ids, split.test, mixture.order))
     one = mix_log_probs(model_test, ngram_test, mixture.weight)
     bucketed = mix_log_probs(model_test, ngram_test, np.array(mixture.bucket_weights)[group])
-    mixed = bucketed if mixture.bucketed else one
+    linear = bucketed if mixture.bucketed else one
+    mixed = linear
+    if mixture.loglinear:
+        ngram_full = ngram_log_probs(counts, mixture.order, split.ids, split.test)
+        mixed = loglinear_log_probs(model_full, ngram_full, *mixture.loglinear_weights, targets)
     mixture.test_ppl_one_weight = math.exp(-float(one.mean()))
+    mixture.test_ppl_linear = math.exp(-float(linear.mean()))
     mixture.test_ppl = math.exp(-float(mixed.mean()))
     mixture.test_ppl_model = math.exp(-float(model_test.mean()))
     mixture.test_ppl_ngram = math.exp(-float(ngram_test.mean()))
@@ -203,14 +274,24 @@ def mixed_scores(run: Path, model, vocab, weight: float | None = None,
     return mixture
 
 
+def which(mixture: Mixture) -> str:
+    """The mixture used, in words."""
+    if mixture.loglinear:
+        a, b = mixture.loglinear_weights
+        return f"log-linear, p ∝ p_model^{a:.2f} · p_ngram^{b:.2f}"
+    return "one λ per context-count bucket" if mixture.bucketed else f"λ = {mixture.weight:.2f}"
+
+
 def describe(mixture: Mixture) -> str:
     """Two lines for the terminal."""
-    which = "one λ per context-count bucket" if mixture.bucketed else f"λ = {mixture.weight:.2f}"
-    return (f"mixed with counting (Kneser-Ney order {mixture.order}, {which}, chosen on "
-            f"validation): test perplexity {mixture.test_ppl:.4f}; the model alone "
+    loglinear = ("" if mixture.val_ppl_loglinear is None
+                 else f", log-linear {mixture.val_ppl_loglinear:.4f}")
+    return (f"mixed with counting (Kneser-Ney order {mixture.order}, {which(mixture)}, chosen "
+            f"on validation): test perplexity {mixture.test_ppl:.4f}; the model alone "
             f"{mixture.test_ppl_model:.4f}, counting alone {mixture.test_ppl_ngram:.4f}\n"
             f"  validation: one λ ({mixture.weight:.2f}) {mixture.val_ppl:.4f}, per bucket "
-            f"{mixture.val_ppl_bucketed:.4f}; test with one λ {mixture.test_ppl_one_weight:.4f}")
+            f"{mixture.val_ppl_bucketed:.4f}{loglinear}; test with one λ "
+            f"{mixture.test_ppl_one_weight:.4f}, the better linear {mixture.test_ppl_linear:.4f}")
 
 
 def as_metrics(mixture: Mixture) -> dict[str, Any]:
@@ -333,13 +414,15 @@ class NgramNext:
 class MixedNext:
     """The callable that generation mixes with (charrnn.generation.sampling.sample_text's
     `mix`): the model's logits (B, V) and each row's characters so far -> ln of the mixed
-    distribution, λ by the context's bucket when the mixture is bucketed. Keeps the last
+    distribution (λ by the context's bucket when the mixture is bucketed; the log-linear
+    one when validation chose it). Keeps the last
     parts for the caller (`parts`: the model's and the n-gram's probabilities)."""
 
     def __init__(self, mixture: Mixture, counts: KneserNey) -> None:
         self.next = NgramNext(counts, mixture.order)
         self.weights = (np.array(mixture.bucket_weights) if mixture.bucketed
                         else np.full(len(EDGES), mixture.weight))
+        self.loglinear = mixture.loglinear_weights if mixture.loglinear else None
         self.parts: tuple[np.ndarray, np.ndarray] | None = None
 
     def __call__(self, logits, history: list[list[int]]):
@@ -348,8 +431,12 @@ class MixedNext:
         model = torch.softmax(logits.double(), dim=-1).cpu().numpy()
         rows = [self.next(h) for h in history]
         ngram = np.stack([p for p, _ in rows])
-        weight = self.weights[buckets(np.array([seen for _, seen in rows]))][:, None]
         self.parts = (model, ngram)
+        if self.loglinear is not None:
+            logp = torch.log_softmax(logits.double(), dim=-1).cpu().numpy()
+            return torch.from_numpy(loglinear_log_probs(logp, np.log(ngram),
+                                                        *self.loglinear)).to(logits)
+        weight = self.weights[buckets(np.array([seen for _, seen in rows]))][:, None]
         with np.errstate(divide="ignore"):
             return torch.from_numpy(np.log(weight * model + (1 - weight) * ngram)).to(logits)
 

@@ -50,6 +50,40 @@ def test_the_coarse_then_fine_search_finds_the_best_of_the_whole_grid():
         assert chosen.weight == pytest.approx(WEIGHTS[int(np.argmin(losses))])
 
 
+def test_the_log_linear_fit_finds_the_best_exponents_and_sums_to_one():
+    from charrnn.studies.mixture import fit_loglinear, loglinear_log_probs
+
+    rng = np.random.default_rng(2)
+    n, v = 3000, 7
+    truth = rng.normal(size=(n, v)) * 2
+    targets = np.array([rng.choice(v, p=np.exp(r - np.logaddexp.reduce(r))) for r in truth])
+    norm = lambda x: x - np.logaddexp.reduce(x, axis=1, keepdims=True)  # noqa: E731
+    model = norm(truth + rng.normal(size=(n, v)))  # two noisy views of the truth
+    ngram = norm(truth + rng.normal(size=(n, v)))
+    a, b, ppl = fit_loglinear(model, ngram, targets)
+
+    def grid_loss(a: float, b: float) -> float:
+        return -loglinear_log_probs(model, ngram, a, b, targets).mean()
+
+    assert math.exp(grid_loss(a, b)) == pytest.approx(ppl)
+    near = [grid_loss(a + da, b + db) for da in (-0.05, 0, 0.05) for db in (-0.05, 0, 0.05)]
+    assert grid_loss(a, b) <= min(near) + 1e-12  # a minimum
+    assert ppl < math.exp(-model[np.arange(n), targets].mean())  # better than the model alone
+    assert np.allclose(np.exp(loglinear_log_probs(model, ngram, a, b)).sum(1), 1)
+    assert np.allclose(loglinear_log_probs(model, ngram, 1.0, 0.0), model)
+
+
+def test_the_ngrams_distributions_hold_its_scores(corpus):
+    from charrnn.studies.mixture import ngram_log_probs
+    from charrnn.studies.ngram import KneserNey, load_split
+
+    split = load_split(corpus)
+    counts = KneserNey(split.ids[: split.n_train], len(split.vocab), 5)
+    full = ngram_log_probs(counts, 5, split.ids, split.val)
+    at = full[np.arange(len(split.val)), split.ids[split.val]]
+    assert np.allclose(at, counts.log_probs(split.ids, split.val)[4], rtol=1e-10)
+
+
 def test_the_choice_on_validation_is_kept_per_model_in_mixture_json(corpus, tmp_path,
                                                                     monkeypatch):
     import torch
@@ -73,7 +107,7 @@ def test_the_choice_on_validation_is_kept_per_model_in_mixture_json(corpus, tmp_
     def no_reading(*args):
         raise AssertionError("the model read the validation split again")
 
-    monkeypatch.setattr(mixing, "split_losses", no_reading)
+    monkeypatch.setattr(mixing, "split_log_probs", no_reading)
     again, counts = mixing.chosen_on_validation(run, model, vocab, split, None)
     assert again == first and counts.max_order == first.order
     with pytest.raises(AssertionError, match="read the validation split again"):
