@@ -368,9 +368,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return results
 
 
-if __name__ == "__main__":
-    main()
-
 
 class NgramNext:
     """P(. | context) of the order-`order` Kneser-Ney model over the whole vocabulary, for one
@@ -447,3 +444,7 @@ def prepare_mixture(run: Path, model, vocab, weight: float | None) -> tuple[Mixt
     split = run_split(run)
     check_vocab(split, vocab, run)
     return chosen_on_validation(run, model, vocab, split, weight)
+
+
+if __name__ == "__main__":
+    main()
