@@ -220,3 +220,23 @@ def test_generation_mixed_draws_from_the_mixture(corpus, tmp_path):
     mixed = text("mix=ngram", "seed=3")
     assert mixed == text("mix=ngram", "seed=3") != text("mix=ngram", "seed=4")
     assert mixed != text("seed=3")
+
+
+def test_generation_draws_from_the_log_linear_mixture_when_validation_chose_it(corpus):
+    import torch
+
+    from charrnn.studies.mixture import MixedNext, Mixture, NgramNext, loglinear_log_probs
+    from charrnn.studies.ngram import KneserNey, load_split
+
+    split = load_split(corpus)
+    counts = KneserNey(split.ids[: split.n_train], len(split.vocab), 4)
+    mixture = Mixture(4, 0.5, 5.0, [0.5] * len(EDGES), 5.0, False,
+                      loglinear_weights=[0.4, 0.7], loglinear=True)
+    logits = torch.randn(2, len(split.vocab), generator=torch.Generator().manual_seed(0))
+    history = [split.ids[:9].tolist(), split.ids[20:23].tolist()]
+    mixed = MixedNext(mixture, counts)(logits, history)
+    assert torch.allclose(mixed.exp().sum(-1), torch.ones(2, dtype=mixed.dtype))
+    ngram = np.stack([NgramNext(counts, 4)(h)[0] for h in history])
+    expected = loglinear_log_probs(torch.log_softmax(logits.double(), -1).numpy(),
+                                   np.log(ngram), 0.4, 0.7)
+    assert np.allclose(mixed.double().numpy(), expected, atol=1e-6)
