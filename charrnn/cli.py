@@ -113,7 +113,8 @@ class ConfigKeys:
         self.chosen: dict[str, list[str]] = {}
         self.set_by_option: list[str] = []
         self.defaults: dict[str, str] = {}
-        setters: dict[tuple[str, str], set[tuple[str, str]]] = {}  # option -> the options that include it
+        # an option -> the options that include it (logger=many includes logger=mlflow)
+        setters: dict[tuple[str, str], set[tuple[str, str]]] = {}
         for path in sorted(conf_dir.rglob("*.yaml")):
             group = path.parent.relative_to(conf_dir).as_posix()
             header = path.read_text(encoding="utf-8").partition("\n")[0]
@@ -134,7 +135,7 @@ class ConfigKeys:
                 for key in own:
                     if key.count(".") >= 2:
                         self.option_keys.setdefault(key, set()).add((group, path.stem))
-        for key, options in self.option_keys.items():  # logger=many includes logger=mlflow
+        for options in self.option_keys.values():
             for option in list(options):
                 options |= setters.get(option, set())
 

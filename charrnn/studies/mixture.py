@@ -141,11 +141,28 @@ def split_log_probs(model, split: Split, positions: np.ndarray) -> np.ndarray:
 
 def ngram_log_probs(counts: KneserNey, order: int, ids: np.ndarray,
                     positions: np.ndarray) -> np.ndarray:
-    """ln P_ngram(. | context) over the vocabulary (N, V) for each position, the context the
-    characters before it in the corpus (as KneserNey.log_probs reads it)."""
-    step = NgramNext(counts, order)
-    return np.log(np.stack([step(ids[max(0, t - order + 1) : t].tolist())[0]
-                            for t in positions]))
+    """ln P_ngram(. | context) over the vocabulary (N, V) for each position (each at least
+    order - 1 characters into `ids`), the context the characters before it: NgramNext's
+    interpolation for every position at once, one level at a time."""
+    base, n = counts.base, len(positions)
+    assert positions.min() >= order - 1, "a position without a whole context"
+    p = np.full((n, base), 1.0 / base)
+    code = np.zeros(n, dtype=np.int64)  # the context's code at this level: m - 1 characters
+    for m in range(1, order + 1):
+        if m > 1:
+            code = ids[positions - (m - 1)] * base ** (m - 2) + code
+        level = counts.followers(m == order, m)
+        at = np.minimum(np.searchsorted(level.contexts, code), len(level.contexts) - 1)
+        seen = np.flatnonzero(level.contexts[at] == code)
+        rows = at[seen]
+        lo, lengths = level.starts[rows], np.diff(level.starts)[rows]
+        # every follower of every seen context, flat: its row in `seen` and its index
+        row_of = np.repeat(np.arange(len(seen)), lengths)
+        follower = np.repeat(lo - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+        mixed = p[seen] * level.back[rows][:, None]
+        mixed[row_of, level.chars[follower]] += level.share[follower]
+        p[seen] = mixed
+    return np.log(p)
 
 
 def loglinear_log_probs(model: np.ndarray, ngram: np.ndarray, a: float, b: float,
@@ -256,14 +273,17 @@ def mixed_scores(run: Path, model, vocab, weight: float | None = None) -> Mixtur
     targets = split.ids[split.test]
     model_full = split_log_probs(model, split, split.test)
     model_test = model_full[np.arange(len(targets)), targets]
-    ngram_test = counts.log_probs(split.ids, split.test)[mixture.order - 1]
+    if mixture.loglinear:  # the n-gram's whole distributions: its own scores among them
+        ngram_full = ngram_log_probs(counts, mixture.order, split.ids, split.test)
+        ngram_test = ngram_full[np.arange(len(targets)), targets]
+    else:
+        ngram_test = counts.log_probs(split.ids, split.test)[mixture.order - 1]
     group = buckets(context_counts(counts, split.ids, split.test, mixture.order))
     one = mix_log_probs(model_test, ngram_test, mixture.weight)
     bucketed = mix_log_probs(model_test, ngram_test, np.array(mixture.bucket_weights)[group])
     linear = bucketed if mixture.bucketed else one
     mixed = linear
     if mixture.loglinear:
-        ngram_full = ngram_log_probs(counts, mixture.order, split.ids, split.test)
         mixed = loglinear_log_probs(model_full, ngram_full, *mixture.loglinear_weights, targets)
     mixture.test_ppl_one_weight = math.exp(-float(one.mean()))
     mixture.test_ppl_linear = math.exp(-float(linear.mean()))

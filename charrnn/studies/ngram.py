@@ -24,6 +24,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +75,7 @@ class Followers:
     """One level laid out for one context at a time: P(w | h) = share(h, w) + back(h) ·
     P(w | shorter h), share = max(count - D(count), 0) / total, back = discounted mass / total."""
 
-    index: dict[int, int]  # context code -> its row
+    contexts: np.ndarray  # the rows' context codes, sorted
     starts: np.ndarray  # (contexts + 1,): the followers of row i are [starts[i], starts[i + 1])
     chars: np.ndarray  # per follower: its character
     share: np.ndarray  # per follower
@@ -88,8 +89,12 @@ class Followers:
         d, totals = level.discounts, level.totals.astype(np.float64)
         share = np.maximum(level.counts - d[np.minimum(level.counts, 3)], 0) / totals[rows]
         back = (d[1] * level.n1 + d[2] * level.n2 + d[3] * level.n3) / totals
-        return cls(dict(zip(level.contexts.tolist(), range(len(level.contexts)))), starts,
-                   level.keys % base, share, back, level.totals)
+        return cls(level.contexts, starts, level.keys % base, share, back, level.totals)
+
+    @cached_property
+    def index(self) -> dict[int, int]:
+        """Context code -> its row: one dictionary lookup per step of generation."""
+        return dict(zip(self.contexts.tolist(), range(len(self.contexts))))
 
 
 def modified_discounts(counts: np.ndarray) -> np.ndarray:

@@ -25,8 +25,8 @@ import json
 import os
 import re
 import urllib.error
-import warnings
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
