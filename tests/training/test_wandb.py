@@ -66,6 +66,10 @@ def test_an_offline_run_holds_everything_and_a_resume_continues_it(corpus, tmp_p
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))  # no key: offline by default
+    home = tmp_path / "home"  # W&B's own cache, config and logs: not the user's
+    monkeypatch.setenv("HOME", str(home))
+    for name in ("CACHE", "CONFIG", "DATA"):
+        monkeypatch.setenv(f"WANDB_{name}_DIR", str(home / f"wandb-{name.lower()}"))
     run = tmp_path / "run"
     args = [f"data.path={corpus}", *TINY, "logger=[tensorboard,wandb]",
             "vanishing.every_n_steps=5", "vanishing.image_every_n_steps=5",
