@@ -243,11 +243,23 @@ def test_a_generation_mixed_with_counting_reports_both_parts(served):
         items = events(c.post("/api/generate", json={"prompt": "to be", "length": 60,
                                                      "seed": 2, "mix": "ngram"}))
         assert len(items) == 60 and all(len(item) == 7 for item in items)
-        for _, p, q, _, top, _, parts in items:
+        (chosen,) = json.loads((served[1] / "mixture.json").read_text()).values()
+        odds_checked = 0
+        for _, p, q, _, top, top_p, parts in items:
             (model, ngram), *top_parts = parts
             assert p == q  # T = 1, no top_k: drawn from the mixture itself
-            assert min(model, ngram) - 1e-3 <= q <= max(model, ngram) + 1e-3  # between them
             assert len(top_parts) == len(top)
+            if not chosen["loglinear"]:
+                assert min(model, ngram) - 1e-3 <= q <= max(model, ngram) + 1e-3  # between
+                continue
+            # log-linear: two candidates' odds are the parts' odds to the fitted powers
+            a, b = chosen["loglinear_weights"]
+            (m0, n0), (m1, n1) = top_parts[:2]
+            if min(m0, n0, m1, n1, *top_p[:2]) > 0.02:
+                odds = a * np.log(m0 / m1) + b * np.log(n0 / n1)
+                assert np.log(top_p[0] / top_p[1]) == pytest.approx(odds, abs=0.05)
+                odds_checked += 1
+        assert odds_checked > 5 or not chosen["loglinear"]
         again = events(c.post("/api/generate", json={"prompt": "to be", "length": 60,
                                                      "seed": 2, "mix": "ngram"}))
         assert [i[0] for i in again] == [i[0] for i in items]
