@@ -455,6 +455,7 @@ def start_sweep(config: DictConfig) -> None:
     chosen = config.get("logger") or {}
     if "mlflow" not in chosen:
         return
+    _logger_class("mlflow")  # not installed: one paragraph, before any job
     settings = dict(OmegaConf.to_container(chosen.mlflow, resolve=True) or {})
     folder = Path(config.hydra.sweep.dir)
     uri = mlflow_uri(settings)
