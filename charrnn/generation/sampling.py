@@ -159,14 +159,28 @@ def _static_loss_sum(model: CharModel, ids: torch.Tensor, chunk: int) -> float:
     return float(character_losses(model, ids, chunk).double().sum())
 
 
-@torch.inference_mode()
-def character_losses(model: CharModel, ids: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
-    """The cross-entropy (nats) of each of ids[1:] (N - 1,) given the characters before it,
+def _read(model: CharModel, ids: torch.Tensor, chunk: int):
+    """(logits (n, V), targets (n,)) of each chunk of ids[1:] given the characters before it,
     fixed weights, the state carried across the whole text; chunks only bound the memory."""
     ids = ids.unsqueeze(0)  # (1, N)
-    losses, state = [], None
+    state = None
     for i in range(0, ids.shape[1] - 1, chunk):
         x, y = ids[:, i : i + chunk], ids[:, i + 1 : i + 1 + chunk]
         logits, state = model(x[:, : y.shape[1]], state)
-        losses.append(F.cross_entropy(logits[0].float(), y[0], reduction="none"))
-    return torch.cat(losses).cpu()
+        yield logits[0], y[0]
+
+
+@torch.inference_mode()
+def character_losses(model: CharModel, ids: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
+    """The cross-entropy (nats) of each of ids[1:] (N - 1,) given the characters before it,
+    fixed weights, the state carried across the whole text."""
+    return torch.cat([F.cross_entropy(logits.float(), y, reduction="none")
+                      for logits, y in _read(model, ids, chunk)]).cpu()
+
+
+@torch.inference_mode()
+def character_log_probs(model: CharModel, ids: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
+    """ln p(. | the characters before) over the vocabulary for each of ids[1:] (N - 1, V), in
+    float64, read as character_losses reads the text."""
+    return torch.cat([torch.log_softmax(logits.double(), dim=-1)
+                      for logits, _ in _read(model, ids, chunk)]).cpu()

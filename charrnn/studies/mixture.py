@@ -128,15 +128,10 @@ def split_log_probs(model, split: Split, positions: np.ndarray) -> np.ndarray:
     generate.py mode=score split=... reads it)."""
     import torch
 
-    device = next(model.parameters()).device
-    ids = torch.from_numpy(split.ids[positions[0] - 1 : positions[-1] + 1]).unsqueeze(0)
-    ids = ids.to(device)
-    out, state = [], None
-    with torch.inference_mode():
-        for i in range(0, ids.shape[1] - 1, 1000):
-            logits, state = model(ids[:, i : min(i + 1000, ids.shape[1] - 1)], state)
-            out.append(torch.log_softmax(logits[0].double(), dim=-1).cpu())
-    return torch.cat(out).numpy()
+    from charrnn.generation.sampling import character_log_probs
+
+    ids = torch.from_numpy(split.ids[positions[0] - 1 : positions[-1] + 1])
+    return character_log_probs(model, ids.to(next(model.parameters()).device)).numpy()
 
 
 def ngram_log_probs(counts: KneserNey, order: int, ids: np.ndarray,
@@ -232,7 +227,7 @@ def _known(run: Path) -> dict:
         return {}
 
 
-def chosen_on_validation(run: Path, model, vocab, split: Split,
+def chosen_on_validation(run: Path, model, split: Split,
                          weight: float | None) -> tuple[Mixture, KneserNey]:
     """The order and λ for this model, and the counts up to that order: from the run's
     mixture.json when this very model, corpus and λ setting were chosen for before; else
@@ -269,7 +264,7 @@ def mixed_scores(run: Path, model, vocab, weight: float | None = None) -> Mixtur
     from mixture.json), score test once: the model's own perplexity from the same pass."""
     split = run_split(run)
     check_vocab(split, vocab, run)
-    mixture, counts = chosen_on_validation(run, model, vocab, split, weight)
+    mixture, counts = chosen_on_validation(run, model, split, weight)
     targets = split.ids[split.test]
     model_full = split_log_probs(model, split, split.test)
     model_test = model_full[np.arange(len(targets)), targets]
@@ -463,7 +458,7 @@ def prepare_mixture(run: Path, model, vocab, weight: float | None) -> tuple[Mixt
     (no test scoring)."""
     split = run_split(run)
     check_vocab(split, vocab, run)
-    return chosen_on_validation(run, model, vocab, split, weight)
+    return chosen_on_validation(run, model, split, weight)
 
 
 if __name__ == "__main__":

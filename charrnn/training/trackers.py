@@ -61,11 +61,7 @@ def take_secret(arg: str) -> str:
     os.environ["MLFLOW_TRACKING_USERNAME"] = parts.username or ""
     if parts.password is not None:
         os.environ["MLFLOW_TRACKING_PASSWORD"] = parts.password
-    return f"{key}={urlunsplit(parts._replace(netloc=parts.hostname + _port(parts)))}"
-
-
-def _port(parts) -> str:
-    return f":{parts.port}" if parts.port else ""
+    return f"{key}={urlunsplit(parts._replace(netloc=parts.netloc.rpartition('@')[2]))}"
 
 
 def masked(uri: str) -> str:
@@ -192,12 +188,18 @@ def mlflow_uri(settings: dict[str, Any]) -> str:
     return uri
 
 
-def _local_store_folder(uri: str) -> Path | None:
-    if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):]).parent
+def mlflow_store(settings: dict[str, Any]) -> tuple[str, str | None]:
+    """The tracking URI and a new experiment's artifact location: logger.mlflow.* as given,
+    a local store's artifacts in mlartifacts/ beside it. A file store is opted into (MLflow 3
+    keeps it only on request, and a folder given as the URI is one)."""
+    uri = mlflow_uri(settings)
     if uri.startswith("file:"):
-        return Path(urlsplit(uri).path)
-    return None
+        os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+    folder = (Path(uri[len("sqlite:///"):]).parent if uri.startswith("sqlite:///")
+              else Path(urlsplit(uri).path) if uri.startswith("file:") else None)
+    artifacts = settings.get("artifact_location") or (
+        (folder / "mlartifacts").as_uri() if folder is not None else None)
+    return uri, artifacts
 
 
 def read_record(folder: Path) -> dict[str, Any]:
@@ -270,15 +272,10 @@ def _mlflow_logger(settings: dict, run_dir: Path, record: dict, sweep: Path | No
                    parent: dict) -> Logger:
     from lightning.pytorch.loggers import MLFlowLogger
 
-    uri = mlflow_uri(settings)
-    if uri.startswith("file:"):  # MLflow 3 keeps its file store only on request: this is one
-        os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
-    store = _local_store_folder(uri)
-    settings = {**settings, "tracking_uri": uri}
+    uri, artifacts = mlflow_store(settings)
+    settings = {**settings, "tracking_uri": uri, "artifact_location": artifacts}
     if not settings.get("experiment_name"):
         settings["experiment_name"] = sweep_name(sweep) if sweep else DEFAULT_EXPERIMENT
-    if not settings.get("artifact_location") and store is not None:
-        settings["artifact_location"] = (store / "mlartifacts").as_uri()
     settings["run_name"] = settings.get("run_name") or run_dir.name
     tags = {**(settings.get("tags") or {}), "run_dir": str(run_dir.absolute())}
     if parent.get("mlflow", {}).get("parent_run_id"):
@@ -420,21 +417,21 @@ def _mlflow_params(logger, flat: dict[str, Any]) -> None:
 
 
 def attach_results(loggers: list[Logger], run_dir: Path, files: list[Path]) -> None:
-    """The run's result files (metrics.json) to the trackers that keep files."""
+    """The run's result files (metrics.json) to the trackers that keep files; W&B's summary
+    gets metrics.json's values too."""
+    files = [path for path in files if path.is_file()]
     for logger in loggers:
         kind = _kind(logger)
         for path in files:
-            if not path.is_file():
-                continue
             if kind == "mlflow":
                 logger.experiment.log_artifact(logger.run_id, str(path))
             elif kind == "wandb":
                 logger.experiment.save(str(path), base_path=str(path.parent), policy="now")
-        if kind == "wandb":
+        metrics = run_dir / "metrics.json"
+        if kind == "wandb" and metrics in files:
             logger.experiment.summary.update(
-                {k: v for k, v in json.loads((run_dir / "metrics.json").read_text()).items()
-                 if isinstance(v, (int, float, str, bool))}
-                if (run_dir / "metrics.json").is_file() else {})
+                {k: v for k, v in json.loads(metrics.read_text()).items()
+                 if isinstance(v, (int, float, str, bool))})
 
 
 def close_trackers(loggers: list[Logger], failed: bool) -> None:
@@ -458,20 +455,16 @@ def start_sweep(config: DictConfig) -> None:
     _logger_class("mlflow")  # not installed: one paragraph, before any job
     settings = dict(OmegaConf.to_container(chosen.mlflow, resolve=True) or {})
     folder = Path(config.hydra.sweep.dir)
-    uri = mlflow_uri(settings)
+    uri, artifacts = mlflow_store(settings)
     if uri.startswith(("http://", "https://")):
         probe_server(uri)
-    elif uri.startswith("file:"):
-        os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
     name = settings.get("experiment_name") or sweep_name(folder)
     experiment = client.get_experiment_by_name(name)
-    store = _local_store_folder(uri)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(
-        name, artifact_location=settings.get("artifact_location") or (
-            (store / "mlartifacts").as_uri() if store else None))
+        name, artifact_location=artifacts)
     run = client.create_run(experiment_id, run_name=f"sweep {sweep_name(folder)}",
                             tags={"sweep_dir": str(folder.absolute())})
     folder.mkdir(parents=True, exist_ok=True)
@@ -488,9 +481,8 @@ def end_sweep(config: DictConfig, files: list[Path], failed: bool) -> None:
         return
     from mlflow import MlflowClient
 
-    chosen = config.get("logger") or {}
-    uri = mlflow_uri(dict(OmegaConf.to_container(chosen.get("mlflow") or {}, resolve=True)))
-    client = MlflowClient(tracking_uri=uri)
+    settings = OmegaConf.to_container(config.logger.mlflow, resolve=True) or {}
+    client = MlflowClient(tracking_uri=mlflow_store(dict(settings))[0])
     for path in files:
         if path.is_file():
             client.log_artifact(parent["parent_run_id"], str(path))

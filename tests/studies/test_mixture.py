@@ -88,7 +88,6 @@ def test_the_choice_on_validation_is_kept_per_model_in_mixture_json(corpus, tmp_
                                                                     monkeypatch):
     import torch
 
-    from charrnn.data.vocab import CharVocab
     from charrnn.models.registry import build_model
     from charrnn.studies import mixture as mixing
     from charrnn.studies.ngram import load_split
@@ -98,24 +97,23 @@ def test_the_choice_on_validation_is_kept_per_model_in_mixture_json(corpus, tmp_
     (run / "config.yaml").write_text(f"data:\n  path: {corpus}\n  cache_dir: null\n"
                                      "  val_fraction: 0.1\n  test_fraction: 0.1\n")
     split = load_split(corpus)
-    vocab = CharVocab(split.vocab.chars)
     torch.manual_seed(0)
-    model = build_model(len(vocab), hidden_size=8).eval()
-    first, _ = mixing.chosen_on_validation(run, model, vocab, split, None)
+    model = build_model(len(split.vocab), hidden_size=8).eval()
+    first, _ = mixing.chosen_on_validation(run, model, split, None)
     assert (run / mixing.MIXTURE_FILE).is_file()
 
     def no_reading(*args):
         raise AssertionError("the model read the validation split again")
 
     monkeypatch.setattr(mixing, "split_log_probs", no_reading)
-    again, counts = mixing.chosen_on_validation(run, model, vocab, split, None)
+    again, counts = mixing.chosen_on_validation(run, model, split, None)
     assert again == first and counts.max_order == first.order
     with pytest.raises(AssertionError, match="read the validation split again"):
-        mixing.chosen_on_validation(run, model, vocab, split, 0.5)  # another setting
+        mixing.chosen_on_validation(run, model, split, 0.5)  # another setting
     with torch.no_grad():
         model.head.bias.add_(0.1)  # another model
     with pytest.raises(AssertionError, match="read the validation split again"):
-        mixing.chosen_on_validation(run, model, vocab, split, None)
+        mixing.chosen_on_validation(run, model, split, None)
 
 
 @pytest.mark.parametrize(("mix", "weight", "says"), [
